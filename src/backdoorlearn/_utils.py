@@ -1,0 +1,192 @@
+"""Shared validation, randomness and device helpers.
+
+One place knows how an image array is checked (:func:`check_images`), how a
+seed becomes local torch randomness (:func:`torch_seed`, :func:`seeded`) and
+how ``device="auto"`` is resolved (:func:`resolve_device`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+__all__ = [
+    "check_images",
+    "check_finite_array",
+    "check_labels",
+    "resolve_device",
+    "seeded",
+    "torch_seed",
+]
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_finite_array(X, *, name="X", caller=None, dtype=np.float32, min_samples=1):
+    """Convert ``X`` to a numeric array with at least one row and no NaN/inf.
+
+    Used by black-box defenses, which accept any shape the model accepts.
+    """
+    where = f" in {caller}" if caller else ""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    try:
+        arr = np.asarray(X, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{name}{where} must be a numeric array; got {type(X).__name__}."
+        ) from exc
+    if arr.ndim < 1:
+        raise ValueError(f"{name}{where} must have a sample axis; got a scalar.")
+    if arr.shape[0] < min_samples:
+        raise ValueError(
+            f"{name}{where} must contain at least {min_samples} sample(s); "
+            f"got an array of shape {arr.shape}."
+        )
+    if not np.isfinite(arr).all():
+        n_bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(
+            f"{name}{where} must not contain NaN or infinity; found {n_bad} such value(s)."
+        )
+    return arr
+
+
+def check_images(
+    X,
+    *,
+    name="X",
+    caller=None,
+    n_channels=None,
+    image_shape=None,
+    min_samples=1,
+):
+    """Validate an image batch and return it as float32 ``(n, C, H, W)``.
+
+    ``(n, H, W)`` input is read as grayscale with one channel. The returned
+    array never shares memory with a float32 input that was reshaped, and the
+    caller must not write into it (use ``.copy()`` where it needs to).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+        Images.
+    name : str, default="X"
+        Argument name used in error messages.
+    caller : str, default=None
+        Name of the calling class or function, used in error messages.
+    n_channels : int, default=None
+        Required channel count, if known.
+    image_shape : tuple of int, default=None
+        Required ``(C, H, W)``, if known (e.g. the shape seen at fit time).
+    min_samples : int, default=1
+        Fewest images accepted.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, C, H, W), dtype float32
+    """
+    arr = check_finite_array(X, name=name, caller=caller, min_samples=min_samples)
+    where = f" in {caller}" if caller else ""
+    if arr.ndim == 3:
+        arr = arr[:, None, :, :]
+    elif arr.ndim != 4:
+        raise ValueError(
+            f"{name}{where} must be images of shape (n_samples, C, H, W) or "
+            f"(n_samples, H, W); got an array of shape {arr.shape} ({arr.ndim}-D)."
+        )
+    if n_channels is not None and arr.shape[1] != n_channels:
+        raise ValueError(
+            f"{name}{where} must have {n_channels} channel(s) on axis 1; "
+            f"got {arr.shape[1]} (shape {arr.shape})."
+        )
+    if image_shape is not None and tuple(arr.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"{name}{where} must hold images of shape {tuple(image_shape)}; "
+            f"got {tuple(arr.shape[1:])}."
+        )
+    return arr
+
+
+def check_labels(y, *, n_samples=None, n_classes=None, name="y", caller=None):
+    """Validate integer class labels and return them as an int64 array."""
+    where = f" in {caller}" if caller else ""
+    if y is None:
+        raise ValueError(f"{name}{where} is required; got None.")
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{name}{where} must be a 1-D array of integer labels; got shape {arr.shape}."
+        )
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(arr == np.round(arr)):
+            raise ValueError(
+                f"{name}{where} must hold integer class labels; got dtype {arr.dtype}."
+            )
+    arr = arr.astype(np.int64)
+    if n_samples is not None and arr.shape[0] != n_samples:
+        raise ValueError(
+            f"{name}{where} must have one label per sample ({n_samples}); got {arr.shape[0]}."
+        )
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name}{where} must hold labels >= 0; got {arr.min()}.")
+    if n_classes is not None and arr.size and arr.max() >= n_classes:
+        raise ValueError(
+            f"{name}{where} must hold labels in [0, {n_classes - 1}] for a model with "
+            f"{n_classes} classes; got {arr.max()}."
+        )
+    return arr
+
+
+def check_label_value(label, n_classes, *, name, caller=None):
+    """Check one class label is an integer in ``[0, n_classes)``."""
+    where = f" in {caller}" if caller else ""
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, numbers.Integral):
+        raise TypeError(f"{name}{where} must be an integer class label; got {_describe(label)}.")
+    if not 0 <= int(label) < n_classes:
+        raise ValueError(
+            f"{name}{where} must be a class label in [0, {n_classes - 1}]; got {label}."
+        )
+    return int(label)
+
+
+def resolve_device(device):
+    """Map ``"auto"`` to ``"cuda"`` when available, else ``"cpu"``; check the rest."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'cpu', 'cuda', 'auto' or a torch device; got {device!r}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available here.")
+    return device
+
+
+def torch_seed(random_state):
+    """Draw a 63-bit torch seed from ``random_state`` (None, int or RandomState)."""
+    rng = check_random_state(random_state)
+    return int(rng.randint(0, 2**31 - 1))
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Run a block with torch's RNG seeded to ``seed``, restoring the global state after.
+
+    skorch and ``nn.Module`` initialisation draw from torch's global generator;
+    forking it keeps a ``random_state`` local to one call: the user's global
+    stream is left where it was.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,467 @@
+"""The model adapter: the one place that knows how a model is held.
+
+A defense never asks "is this a torch module, a skorch net or a scikit-learn
+estimator?": it wraps what the user gave in :class:`ModelAdapter` and asks for
+probabilities, logits, layers or activations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from sklearn.exceptions import NotFittedError
+from torch import nn
+
+from .._utils import check_finite_array, resolve_device
+
+__all__ = [
+    "ModelAdapter",
+    "build_net",
+    "model_fingerprint",
+    "wrap_module",
+]
+
+_WHITE_BOX_NEEDS = (
+    "a white-box model: a torch.nn.Module returning logits or a skorch "
+    "NeuralNetClassifier"
+)
+
+
+def _is_skorch_net(model):
+    try:
+        from skorch import NeuralNet
+    except ImportError:  # pragma: no cover - skorch is a dependency
+        return False
+    return isinstance(model, NeuralNet)
+
+
+def _model_kind(model, defense):
+    if isinstance(model, nn.Module):
+        return "torch"
+    if _is_skorch_net(model):
+        return "skorch"
+    if callable(getattr(model, "predict_proba", None)):
+        return "sklearn"
+    who = f"{defense} needs" if defense else "Expected"
+    raise TypeError(
+        f"{who} a classifier: a torch.nn.Module returning logits, a skorch "
+        f"NeuralNetClassifier, or an estimator with predict_proba; got "
+        f"{type(model).__name__}, which has no predict_proba."
+    )
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """Put ``module`` in eval mode for a block and restore every submodule's flag after."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _module_device(module):
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+class ModelAdapter:
+    """One interface to a classifier held as a module, a skorch net or an estimator.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, skorch.NeuralNetClassifier or estimator
+        A module must return logits. A skorch net must be initialized or
+        fitted. Any other object needs ``predict_proba`` (a black box: only
+        the black-box defenses accept it).
+    defense : str, default=None
+        Name of the defense using the adapter, used in error messages.
+    device : {"cpu", "cuda", "auto"} or None, default=None
+        Where tensor work runs. ``None`` keeps a module's own device (a
+        skorch net's ``device``). When it differs from where the user's
+        module lives, the adapter works on a copy: the user's module is
+        never moved.
+    batch_size : int, default=256
+        Batch size of the forward passes.
+
+    Attributes
+    ----------
+    kind : {"torch", "skorch", "sklearn"}
+    model : object
+        The model as given (never modified).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from backdoorlearn.models import ModelAdapter, SmallCNN
+    >>> adapter = ModelAdapter(SmallCNN(in_channels=1, n_classes=10))
+    >>> proba = adapter.predict_proba(np.zeros((4, 1, 8, 8), dtype=np.float32))
+    >>> proba.shape, bool(np.allclose(proba.sum(axis=1), 1))
+    ((4, 10), True)
+    """
+
+    def __init__(self, model, *, defense=None, device=None, batch_size=256):
+        self.kind = _model_kind(model, defense)
+        self.model = model
+        self.defense = defense
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        self._requested_device = device
+        self._runtime = None
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def is_white_box(self):
+        return self.kind in ("torch", "skorch")
+
+    def require_white_box(self):
+        """Raise a ``TypeError`` naming the defense unless the model is white box."""
+        if not self.is_white_box:
+            who = self.defense or "This operation"
+            raise TypeError(
+                f"{who} needs {_WHITE_BOX_NEEDS}; got {type(self.model).__name__}, a black "
+                f"box that only offers predict_proba. Use a black-box defense "
+                f"(STRIPDetector, BimodelClassifier, GuardedClassifier) instead."
+            )
+        return self
+
+    @property
+    def module(self):
+        """The user's torch module (a reference, not a copy)."""
+        self.require_white_box()
+        if self.kind == "torch":
+            return self.model
+        module = getattr(self.model, "module_", None)
+        if module is None:
+            raise NotFittedError(
+                f"{self.defense or 'The adapter'} got a skorch net that is not initialized; "
+                "call net.initialize() or net.fit(X, y) first."
+            )
+        return module
+
+    @property
+    def device(self):
+        """The device tensor work runs on."""
+        if self._requested_device is not None:
+            return resolve_device(self._requested_device)
+        if self.kind == "skorch":
+            return resolve_device(getattr(self.model, "device", "cpu") or "cpu")
+        if self.kind == "torch":
+            return str(_module_device(self.model))
+        return "cpu"
+
+    @property
+    def runtime_module(self):
+        """The module that forward passes run on, on :attr:`device`.
+
+        The user's module itself when it already lives there, otherwise a copy
+        made once (moving a module is in place and would change the user's).
+        """
+        module = self.module
+        target = torch.device(self.device)
+        if _module_device(module).type == target.type and (
+            target.index is None or _module_device(module) == target
+        ):
+            return module
+        if self._runtime is None:
+            self._runtime = copy.deepcopy(module).to(target)
+        return self._runtime
+
+    @property
+    def outputs_probabilities(self):
+        """True for a skorch net trained with NLLLoss, whose module returns probabilities."""
+        if self.kind != "skorch":
+            return False
+        crit = self.model.criterion
+        crit_cls = crit if isinstance(crit, type) else type(crit)
+        return issubclass(crit_cls, nn.NLLLoss)
+
+    # ---------------------------------------------------------------- forward passes
+    def _batches(self, X, batch_size):
+        bs = batch_size or self.batch_size
+        for start in range(0, len(X), bs):
+            yield X[start : start + bs]
+
+    def forward_logits(self, xb):
+        """Logits of a tensor batch already on :attr:`device` (no grad handling).
+
+        For use inside defenses' own torch loops; the module must be in eval
+        mode (see :meth:`eval`).
+        """
+        out = self.runtime_module(xb)
+        if self.outputs_probabilities:
+            out = torch.log(out.clamp_min(1e-12))
+        return out
+
+    def eval(self):
+        """Context manager: the runtime module in eval mode, flags restored after."""
+        return eval_mode(self.runtime_module)
+
+    def _run(self, X, fn, batch_size=None):
+        self.require_white_box()
+        X = check_finite_array(X, name="X", caller=self.defense)
+        device = torch.device(self.device)
+        outs = []
+        with self.eval(), torch.no_grad():
+            for xb in self._batches(X, batch_size):
+                t = torch.from_numpy(np.ascontiguousarray(xb)).to(device)
+                outs.append(fn(t).float().cpu().numpy())
+        return np.concatenate(outs, axis=0)
+
+    def logits(self, X, batch_size=None):
+        """Logits for ``X`` as a numpy array (white box only)."""
+        return self._run(X, self.forward_logits, batch_size)
+
+    def predict_proba(self, X, batch_size=None):
+        """Class probabilities for ``X``, batched, numpy in and numpy out."""
+        if self.kind == "sklearn":
+            X = check_finite_array(X, name="X", caller=self.defense)
+            bs = batch_size or self.batch_size
+            parts = [np.asarray(self.model.predict_proba(xb)) for xb in self._batches(X, max(bs, 1024))]
+            return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+        return self._run(X, lambda t: torch.softmax(self.forward_logits(t), dim=1), batch_size)
+
+    def predict(self, X, batch_size=None):
+        """Predicted class index for ``X``.
+
+        For a black-box estimator whose ``classes_`` are not ``0..K-1`` this is
+        the estimator's own label, looked up in ``classes_``.
+        """
+        idx = self.predict_proba(X, batch_size).argmax(axis=1)
+        classes = self.classes_
+        if classes is not None and not np.array_equal(classes, np.arange(len(classes))):
+            return np.asarray(classes)[idx]
+        return idx
+
+    @property
+    def classes_(self):
+        """The classes the model knows, when it says so (skorch and scikit-learn)."""
+        classes = None
+        if self.kind == "sklearn":
+            classes = getattr(self.model, "classes_", None)
+        elif self.kind == "skorch":
+            try:
+                classes = self.model.classes_
+            except (AttributeError, NotFittedError):
+                classes = None
+        return None if classes is None else np.asarray(classes)
+
+    def n_classes(self, X_sample=None):
+        """Number of classes: from ``classes_`` or one forward pass of ``X_sample``."""
+        classes = self.classes_
+        if classes is not None:
+            return len(classes)
+        if X_sample is None:
+            raise ValueError(
+                f"{self.defense or 'The adapter'} cannot tell the number of classes of a bare "
+                "module without a sample input."
+            )
+        return int(self.predict_proba(np.asarray(X_sample)[:1]).shape[1])
+
+    # ---------------------------------------------------------------- layers
+    def named_layers(self):
+        """Ordered mapping of layer name to submodule (white box only)."""
+        return OrderedDict((n, m) for n, m in self.module.named_modules() if n)
+
+    def get_layer(self, name, *, types=None, what="layer", param="layer"):
+        """Look a layer up by name with a clear error; optionally check its type."""
+        layers = self.named_layers()
+        if name not in layers:
+            raise ValueError(
+                f"{param}={name!r} is not a layer of this model; available layers: "
+                f"{', '.join(layers) or '(none)'}."
+            )
+        layer = layers[name]
+        if types is not None and not isinstance(layer, types):
+            raise ValueError(
+                f"{param}={name!r} must name a {what}; it is a {type(layer).__name__}."
+            )
+        return layer
+
+    def default_conv_layer(self):
+        """The last convolution: ``module.last_conv_name`` or the last ``nn.Conv2d``."""
+        name = getattr(self.module, "last_conv_name", None)
+        if name:
+            return name
+        convs = [n for n, m in self.named_layers().items() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ValueError(f"{self.defense or 'The adapter'} found no nn.Conv2d layer in this model; pass layer=.")
+        return convs[-1]
+
+    def default_penultimate_layer(self):
+        """``module.penultimate_name``, else the layer before the last ``nn.Linear``."""
+        name = getattr(self.module, "penultimate_name", None)
+        if name:
+            return name
+        names = list(self.named_layers())
+        linears = [i for i, n in enumerate(names) if isinstance(self.named_layers()[n], nn.Linear)]
+        if not linears or linears[-1] == 0:
+            raise ValueError(f"{self.defense or 'The adapter'} cannot find a penultimate layer; pass layer=.")
+        return names[linears[-1] - 1]
+
+    @contextlib.contextmanager
+    def capture(self, layer):
+        """Context manager collecting the output tensors of ``layer`` on the runtime module.
+
+        Yields a list that each forward pass appends its output to (still
+        attached to the graph, so gradient-based defenses can use it).
+        """
+        self.get_layer(layer)
+        target = dict(self.runtime_module.named_modules())[layer]
+        store = []
+        handle = target.register_forward_hook(lambda _m, _i, out: store.append(out))
+        try:
+            yield store
+        finally:
+            handle.remove()
+
+    def activations(self, X, layer, batch_size=None):
+        """Outputs of ``layer`` for ``X`` as a numpy array (forward hooks, batched)."""
+        with self.capture(layer) as store:
+            self.logits(X, batch_size)
+        return torch.cat([s.detach().float().cpu() for s in store], dim=0).numpy()
+
+    # ---------------------------------------------------------------- copies and nets
+    def copy(self):
+        """A :class:`ModelAdapter` around a deep copy of the model."""
+        return ModelAdapter(
+            copy.deepcopy(self.model),
+            defense=self.defense,
+            device=self._requested_device,
+            batch_size=self.batch_size,
+        )
+
+    def module_copy(self):
+        """A deep copy of the torch module, on :attr:`device`."""
+        return copy.deepcopy(self.module).to(torch.device(self.device))
+
+    def to_net(self, module=None, classes=None, **net_params):
+        """Wrap ``module`` (default: a copy of this model's) into a fitted skorch net."""
+        module = self.module_copy() if module is None else module
+        if classes is None:
+            classes = self.classes_
+        if classes is None:
+            raise ValueError("to_net needs classes= for a bare module.")
+        return wrap_module(module, classes=classes, device=self.device, **net_params)
+
+
+def build_net(
+    module,
+    *,
+    classes=None,
+    max_epochs=10,
+    lr=1e-3,
+    batch_size=64,
+    device="cpu",
+    optimizer=torch.optim.Adam,
+    verbose=0,
+    callbacks=None,
+    **kwargs,
+):
+    """An (unfitted) skorch ``NeuralNetClassifier`` set up the way backdoorlearn trains.
+
+    Cross-entropy on logits (so ``predict_proba`` is the softmax of the
+    module's output), Adam, no internal validation split, and a one-line tqdm
+    progress bar over epochs when ``verbose``.
+
+    Parameters
+    ----------
+    module : nn.Module instance or class
+        The network; an instance is trained as is (not re-initialized).
+    classes : array-like, default=None
+        The class labels, so a net that is only initialized still knows them.
+    max_epochs, lr, batch_size : int, float, int
+        Training budget.
+    device : str, default="cpu"
+    optimizer : torch optimizer class, default=torch.optim.Adam
+    verbose : int, default=0
+        0 is silent; 1 shows a progress bar over epochs.
+    callbacks : list, default=None
+        Extra skorch callbacks.
+    **kwargs
+        Passed to ``NeuralNetClassifier``.
+
+    Returns
+    -------
+    net : skorch.NeuralNetClassifier
+    """
+    from skorch import NeuralNetClassifier
+
+    from ._progress import EpochProgressBar
+
+    cbs = list(callbacks or [])
+    if verbose:
+        cbs.append(("progress", EpochProgressBar()))
+    return NeuralNetClassifier(
+        module,
+        criterion=nn.CrossEntropyLoss,
+        optimizer=optimizer,
+        lr=lr,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        train_split=None,
+        iterator_train__shuffle=True,
+        classes=None if classes is None else list(np.asarray(classes).tolist()),
+        device=resolve_device(device),
+        callbacks=cbs or None,
+        verbose=0,
+        **kwargs,
+    )
+
+
+def wrap_module(module, classes, *, device="cpu", **net_params):
+    """Wrap a trained torch module into a fitted skorch ``NeuralNetClassifier``.
+
+    The module is used as is (no re-initialization, no copy): the returned
+    net predicts exactly what the module does, with softmax probabilities, and
+    supports ``predict``, ``predict_proba``, ``score``, further ``partial_fit``
+    and joblib persistence.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A trained network returning logits.
+    classes : array-like
+        Class labels, in the order of the module's outputs.
+    device : str, default="cpu"
+    **net_params
+        Passed to :func:`build_net` (``lr``, ``batch_size``, ...).
+
+    Returns
+    -------
+    net : skorch.NeuralNetClassifier, initialized, with ``classes_`` set.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from backdoorlearn.models import SmallCNN, wrap_module
+    >>> net = wrap_module(SmallCNN(1, 10), classes=range(10))
+    >>> net.predict(np.zeros((2, 1, 8, 8), dtype=np.float32)).shape
+    (2,)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}.")
+    net = build_net(module, classes=classes, device=device, **net_params)
+    net.initialize()
+    return net
+
+
+def model_fingerprint(model):
+    """SHA-256 of a model's state dict (torch module or skorch net), for "unchanged" checks."""
+    module = ModelAdapter(model).module
+    h = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()

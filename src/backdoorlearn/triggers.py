@@ -1,0 +1,358 @@
+"""Backdoor triggers in the Neural Cleanse form ``x' = (1 - m) * x + m * p``.
+
+One object serves attacks (:class:`~backdoorlearn.BackdoorPoisoner`), the
+triggers reversed by Neural Cleanse, unlearning and activation filters, so a
+trigger found by a defense can be compared with, and stamped like, the one an
+attacker used.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._utils import check_images
+
+__all__ = ["Trigger", "stamp"]
+
+
+def stamp(X, mask, pattern):
+    """Stamp ``pattern`` through ``mask``: ``(1 - mask) * X + mask * pattern``.
+
+    The single stamping formula of the library; it works on numpy arrays and on
+    torch tensors alike (broadcasting ``mask`` and ``pattern`` over the batch),
+    and never writes into ``X``.
+
+    Parameters
+    ----------
+    X : ndarray or Tensor of shape (n_samples, C, H, W)
+    mask : ndarray or Tensor broadcastable to ``X``, values in [0, 1]
+    pattern : ndarray or Tensor broadcastable to ``X``
+
+    Returns
+    -------
+    X_stamped : same type as ``X``
+    """
+    return (1 - mask) * X + mask * pattern
+
+
+def _as_chw(a, *, name, ndim_ok=(2, 3)):
+    arr = np.asarray(a, dtype=np.float32)
+    if arr.ndim not in ndim_ok:
+        raise ValueError(
+            f"{name} must be an array of shape (H, W) or (C, H, W); got shape {arr.shape}."
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must not contain NaN or infinity.")
+    if arr.ndim == 2:
+        arr = arr[None]
+    return arr
+
+
+class Trigger:
+    """A backdoor trigger: a mask and a pattern, stamped as ``(1 - m) * x + m * p``.
+
+    This is the trigger form of Neural Cleanse (Wang et al., 2019): the mask
+    ``m`` says how much of each pixel the pattern ``p`` replaces. A BadNets
+    patch is a binary mask over a corner, a blended trigger is a constant mask
+    ``alpha`` over the whole image, a reversed trigger is whatever Neural
+    Cleanse found.
+
+    Parameters
+    ----------
+    mask : array-like of shape (H, W), (1, H, W) or (C, H, W)
+        Values in [0, 1]. A 2-D mask is shared by all colour channels.
+    pattern : array-like of shape (H, W) or (C, H, W)
+        What the masked pixels become. A 2-D (or one-channel) pattern is
+        used for every channel.
+    name : str, default=None
+        A label used in plots and reprs.
+
+    Attributes
+    ----------
+    mask : ndarray of shape (1 or C, H, W), float32
+    pattern : ndarray of shape (1 or C, H, W), float32
+    image_shape : tuple of int
+        ``(C, H, W)`` when the mask or pattern fixes C, else ``(1, H, W)``.
+
+    See Also
+    --------
+    BackdoorPoisoner : poison a training set with triggers.
+
+    References
+    ----------
+    .. [1] B. Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor
+       Attacks in Neural Networks", IEEE S&P 2019.
+    .. [2] T. Gu, B. Dolan-Gavitt, S. Garg, "BadNets: Identifying
+       Vulnerabilities in the Machine Learning Model Supply Chain", 2017.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from backdoorlearn import Trigger
+    >>> trigger = Trigger.patch((1, 8, 8), size=2, location="bottom-right", color=1.0)
+    >>> X = np.zeros((3, 1, 8, 8), dtype=np.float32)
+    >>> X_t = trigger.apply(X)
+    >>> X_t[0, 0, -2:, -2:]
+    array([[1., 1.],
+           [1., 1.]], dtype=float32)
+    >>> float(X.sum()), trigger.l1_norm
+    (0.0, 4.0)
+    """
+
+    def __init__(self, mask, pattern, name=None):
+        mask = _as_chw(mask, name="mask")
+        pattern = _as_chw(pattern, name="pattern")
+        if mask.min() < 0 or mask.max() > 1:
+            raise ValueError(
+                f"mask values must lie in [0, 1]; got min {mask.min():.3g}, max {mask.max():.3g}."
+            )
+        if mask.shape[1:] != pattern.shape[1:]:
+            raise ValueError(
+                f"mask and pattern must have the same height and width; got mask "
+                f"{mask.shape[1:]} and pattern {pattern.shape[1:]}."
+            )
+        if mask.shape[0] != 1 and pattern.shape[0] != 1 and mask.shape[0] != pattern.shape[0]:
+            raise ValueError(
+                f"mask and pattern must have the same number of channels or one of them 1; "
+                f"got mask {mask.shape[0]} and pattern {pattern.shape[0]}."
+            )
+        self.mask = mask
+        self.pattern = pattern
+        self.name = name
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def patch(cls, image_shape, size=3, location="bottom-right", color=1.0, patch=None, margin=0, name=None):
+        """A BadNets-style patch: a square (or any binary patch) at a location.
+
+        Parameters
+        ----------
+        image_shape : tuple of int
+            ``(C, H, W)`` or ``(H, W)`` of the images to stamp.
+        size : int, default=3
+            Side of the square patch; ignored when ``patch`` is given.
+        location : {"bottom-right", "bottom-left", "top-right", "top-left", "center"} \
+                or tuple of int, default="bottom-right"
+            Corner of the image, or the ``(row, col)`` of the patch's top-left pixel.
+        color : float or sequence of float, default=1.0
+            Colour of the patch: one value, or one per channel.
+        patch : array-like of shape (h, w) or (C, h, w), default=None
+            A patch to paste instead of a plain square: its non-zero pixels
+            form the mask, its values the pattern (``color`` is ignored). For a
+            checkerboard pass ``np.indices((3, 3)).sum(0) % 2`` with a colour.
+        margin : int, default=0
+            Distance in pixels from the named corner.
+        name : str, default=None
+
+        Returns
+        -------
+        trigger : Trigger
+        """
+        c, h, w = _image_shape(image_shape)
+        if patch is None:
+            if not isinstance(size, (int, np.integer)) or size < 1:
+                raise ValueError(f"size must be a positive integer; got {size!r}.")
+            mask_patch = np.ones((1, size, size), np.float32)
+            value_patch = np.broadcast_to(_color(color, c), (c, size, size)).astype(np.float32)
+        else:
+            p = _as_chw(patch, name="patch")
+            mask_patch = (np.abs(p).max(axis=0, keepdims=True) > 0).astype(np.float32)
+            if p.shape[0] == 1:
+                value_patch = (_color(color, c) * (p > 0)).astype(np.float32)
+            else:
+                value_patch = p
+        ph, pw = mask_patch.shape[1:]
+        if ph > h or pw > w:
+            raise ValueError(f"the patch ({ph}x{pw}) does not fit in images of size {h}x{w}.")
+        r, col = _location(location, (h, w), (ph, pw), margin)
+        mask = np.zeros((1, h, w), np.float32)
+        pattern = np.zeros((c, h, w), np.float32)
+        mask[:, r : r + ph, col : col + pw] = mask_patch
+        pattern[:, r : r + ph, col : col + pw] = value_patch
+        return cls(mask, pattern, name=name or "patch")
+
+    @classmethod
+    def blend(cls, pattern, alpha=0.2, name=None):
+        """A blended trigger: ``x' = (1 - alpha) * x + alpha * pattern`` everywhere.
+
+        Parameters
+        ----------
+        pattern : array-like of shape (H, W) or (C, H, W)
+            The image blended in (e.g. random noise, a photo).
+        alpha : float, default=0.2
+            Blend ratio in (0, 1].
+        name : str, default=None
+
+        Returns
+        -------
+        trigger : Trigger
+        """
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1]; got {alpha!r}.")
+        pattern = _as_chw(pattern, name="pattern")
+        mask = np.full((1,) + pattern.shape[1:], alpha, np.float32)
+        return cls(mask, pattern, name=name or "blend")
+
+    @classmethod
+    def from_image(cls, image, image_shape=None, location=(0, 0), threshold=0.5, color=None, opacity=1.0, name=None):
+        """A watermark-style trigger from a glyph image (the trojan-watermark attack).
+
+        The glyph's pixels above ``threshold`` form the mask (times
+        ``opacity``); the pattern is the glyph itself, or a plain ``color``.
+
+        Parameters
+        ----------
+        image : array-like of shape (h, w) or (C, h, w)
+            The glyph, values in [0, 1].
+        image_shape : tuple of int, default=None
+            ``(C, H, W)`` of the images to stamp; ``None`` means the glyph's own size.
+        location : tuple of int or str, default=(0, 0)
+            Where the glyph's top-left corner goes (see :meth:`patch`).
+        threshold : float, default=0.5
+            Glyph pixels above it are part of the trigger.
+        color : float or sequence of float, default=None
+            Paint the glyph in this colour instead of its own values.
+        opacity : float, default=1.0
+            Mask value of the glyph's pixels, in (0, 1].
+        name : str, default=None
+
+        Returns
+        -------
+        trigger : Trigger
+        """
+        glyph = _as_chw(image, name="image")
+        if not 0 < opacity <= 1:
+            raise ValueError(f"opacity must be in (0, 1]; got {opacity!r}.")
+        on = glyph.max(axis=0, keepdims=True) > threshold
+        if not on.any():
+            raise ValueError(f"image has no pixel above threshold={threshold}; the trigger would be empty.")
+        if image_shape is None:
+            image_shape = glyph.shape
+        c, h, w = _image_shape(image_shape)
+        gh, gw = glyph.shape[1:]
+        if gh > h or gw > w:
+            raise ValueError(f"the image ({gh}x{gw}) does not fit in images of size {h}x{w}.")
+        if color is not None:
+            values = np.broadcast_to(_color(color, c), (c, gh, gw)).astype(np.float32)
+        else:
+            values = np.broadcast_to(glyph, (c, gh, gw)).astype(np.float32)
+        r, col = _location(location, (h, w), (gh, gw), 0)
+        mask = np.zeros((1, h, w), np.float32)
+        pattern = np.zeros((c, h, w), np.float32)
+        mask[:, r : r + gh, col : col + gw] = on * np.float32(opacity)
+        pattern[:, r : r + gh, col : col + gw] = values * on
+        return cls(mask, pattern, name=name or "watermark")
+
+    # ------------------------------------------------------------------ use
+    @property
+    def image_shape(self):
+        c = max(self.mask.shape[0], self.pattern.shape[0])
+        return (c,) + self.mask.shape[1:]
+
+    @property
+    def l1_norm(self):
+        """L1 norm of the mask (Neural Cleanse's trigger size), as a float."""
+        return float(np.abs(self.mask).sum())
+
+    def apply(self, X):
+        """Return a stamped copy of ``X``; ``X`` itself is never written.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+
+        Returns
+        -------
+        X_triggered : ndarray of the same shape as ``X``, float32, clipped to
+            the pattern's range only by construction (a convex combination of
+            ``X`` and the pattern).
+        """
+        X_arr = check_images(X, name="X", caller="Trigger.apply")
+        c = X_arr.shape[1]
+        if X_arr.shape[2:] != self.mask.shape[1:]:
+            raise ValueError(
+                f"X in Trigger.apply must hold images of size {self.mask.shape[1:]} to match "
+                f"the trigger; got {X_arr.shape[2:]}."
+            )
+        for arr, what in ((self.mask, "mask"), (self.pattern, "pattern")):
+            if arr.shape[0] not in (1, c):
+                raise ValueError(
+                    f"X in Trigger.apply has {c} channel(s) but the trigger's {what} has "
+                    f"{arr.shape[0]}."
+                )
+        out = stamp(X_arr, self.mask, self.pattern).astype(np.float32, copy=False)
+        return out.reshape(np.shape(X))
+
+    __call__ = apply
+
+    def save(self, path):
+        """Save mask and pattern to a ``.npz`` file (no pickle)."""
+        np.savez(path, mask=self.mask, pattern=self.pattern, name=np.array(self.name or ""))
+
+    @classmethod
+    def load(cls, path):
+        """Load a trigger saved by :meth:`save`; never unpickles."""
+        path = os.fspath(path)
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"mask", "pattern"} - set(data.files)
+            if missing:
+                raise ValueError(f"{path} is not a saved Trigger: missing {sorted(missing)}.")
+            name = str(data["name"]) if "name" in data.files else ""
+            return cls(data["mask"], data["pattern"], name=name or None)
+
+    def __eq__(self, other):
+        if not isinstance(other, Trigger):
+            return NotImplemented
+        return (
+            self.mask.shape == other.mask.shape
+            and self.pattern.shape == other.pattern.shape
+            and np.array_equal(self.mask, other.mask)
+            and np.array_equal(self.pattern, other.pattern)
+        )
+
+    __hash__ = None
+
+    def __repr__(self):
+        name = f"{self.name!r}, " if self.name else ""
+        return f"Trigger({name}image_shape={self.image_shape}, l1_norm={self.l1_norm:.4g})"
+
+
+def _image_shape(image_shape):
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) == 2:
+        shape = (1,) + shape
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (C, H, W) or (H, W) with positive sizes; got {image_shape!r}.")
+    return shape
+
+
+def _color(color, c):
+    col = np.asarray(color, np.float32).reshape(-1)
+    if col.size == 1:
+        col = np.repeat(col, c)
+    if col.size != c:
+        raise ValueError(f"color must be one value or one per channel ({c}); got {color!r}.")
+    return col[:, None, None]
+
+
+_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
+
+
+def _location(location, hw, phw, margin):
+    (h, w), (ph, pw) = hw, phw
+    if isinstance(location, str):
+        if location not in _CORNERS:
+            raise ValueError(f"location must be one of {_CORNERS} or a (row, col) tuple; got {location!r}.")
+        if location == "center":
+            return (h - ph) // 2, (w - pw) // 2
+        r = margin if location.startswith("top") else h - ph - margin
+        c = margin if location.endswith("left") else w - pw - margin
+    else:
+        r, c = (int(v) for v in location)
+    if r < 0 or c < 0 or r + ph > h or c + pw > w:
+        raise ValueError(
+            f"location {location!r} puts a {ph}x{pw} patch outside images of size {h}x{w}."
+        )
+    return r, c
