@@ -1,0 +1,135 @@
+"""The shared shape of input-level detectors (STRIP, activation filters)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+from scipy.stats import norm
+from sklearn.base import BaseEstimator
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.utils.validation import check_is_fitted
+
+from .._utils import check_finite_array
+
+__all__ = ["BaseDetector"]
+
+
+class BaseDetector(BaseEstimator):
+    """Base class of input-level backdoor detectors.
+
+    It owns the public methods (validation, ``check_is_fitted``, threshold,
+    numpy out); a detector fills two hooks:
+
+    - ``_fit_detector(X)``: learn whatever the scores need from benign ``X``
+      and return the benign scores (computed so that an input is not scored
+      against itself, where that matters);
+    - ``_score_samples(X)``: scores of new inputs, higher = more benign.
+
+    The threshold is learned at fit from the benign scores at the rate named
+    by the class attribute ``_rate_param`` (``"false_rejection_rate"`` for
+    STRIP), either as the empirical quantile or, with
+    ``threshold_method="normal"``, as ``mean - z * std`` of a normal fitted to
+    the benign scores. A ``threshold`` parameter that is not None overrides it.
+
+    ``fit(X, y)``: with ``y``, only rows with ``y == 0`` are benign, so a
+    labelled mix of clean (0) and trojaned (1) inputs works in ``GridSearchCV``.
+    """
+
+    _rate_param = "false_rejection_rate"
+    _min_benign = 2
+
+    # -------------------------------------------------------------- hooks
+    @abstractmethod
+    def _fit_detector(self, X):
+        """Learn from benign ``X``; return the benign scores."""
+
+    @abstractmethod
+    def _score_samples(self, X):
+        """Scores of validated ``X``, higher = more benign."""
+
+    def _check_X(self, X, *, reset):
+        """Validate ``X``; at fit (``reset=True``) remember its per-sample shape."""
+        name = type(self).__name__
+        X = check_finite_array(X, name="X", caller=name)
+        if reset:
+            self.input_shape_ = tuple(X.shape[1:])
+            self.n_features_in_ = int(np.prod(X.shape[1:])) if X.ndim > 1 else 1
+        elif tuple(X.shape[1:]) != self.input_shape_:
+            raise ValueError(
+                f"X in {name} must have samples of shape {self.input_shape_}, as at fit; "
+                f"got {tuple(X.shape[1:])}."
+            )
+        return X
+
+    # -------------------------------------------------------------- public API
+    def fit(self, X, y=None):
+        """Learn from benign inputs and set ``threshold_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Benign inputs (or a labelled mix, see ``y``).
+        y : array-like of shape (n_samples,), default=None
+            Optional 0 (benign) / 1 (trojaned) labels: only rows with
+            ``y == 0`` are used.
+
+        Returns
+        -------
+        self : object
+        """
+        self._validate_params()
+        X = self._check_X(X, reset=True)
+        name = type(self).__name__
+        if y is not None:
+            y = np.asarray(y).ravel()
+            if y.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"y in {name}.fit must have one label per sample ({X.shape[0]}); got {y.shape[0]}."
+                )
+            X = X[y == 0]
+        if X.shape[0] < self._min_benign:
+            raise ValueError(
+                f"{name}.fit needs at least {self._min_benign} benign samples; got {X.shape[0]}"
+                + (" with y == 0." if y is not None else ".")
+            )
+        scores = np.asarray(self._fit_detector(X), dtype=np.float64)
+        self.benign_scores_ = scores
+        self.threshold_ = self._learn_threshold(scores)
+        return self
+
+    def _learn_threshold(self, scores):
+        if getattr(self, "threshold", None) is not None:
+            return float(self.threshold)
+        rate = getattr(self, self._rate_param)
+        method = getattr(self, "threshold_method", "quantile")
+        if method == "normal":
+            return float(scores.mean() - norm.ppf(1 - rate) * scores.std(ddof=1))
+        return float(np.quantile(scores, rate))
+
+    def score_samples(self, X):
+        """Benign-ness score of each input (higher = more benign).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self, "threshold_")
+        X = self._check_X(X, reset=False)
+        return np.asarray(self._score_samples(X), dtype=np.float64)
+
+    def decision_function(self, X):
+        """``score_samples(X) - threshold_``: negative for flagged inputs."""
+        return self.score_samples(X) - self.threshold_
+
+    def predict(self, X):
+        """1 for inputs flagged as trojaned, 0 for accepted ones."""
+        return (self.decision_function(X) < 0).astype(np.int64)
+
+    def score(self, X, y):
+        """Balanced accuracy of :meth:`predict` against 0/1 (benign/trojaned) labels."""
+        return float(balanced_accuracy_score(np.asarray(y).ravel(), self.predict(X)))

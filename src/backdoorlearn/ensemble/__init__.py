@@ -1,0 +1,1 @@
+"""Serve a model safely: combine a model with a detector or a repaired model."""

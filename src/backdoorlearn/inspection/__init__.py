@@ -1,0 +1,1 @@
+"""Model-level defenses: is this model backdoored, which label, what trigger?"""

@@ -1,0 +1,1 @@
+"""Display objects (matplotlib is imported lazily, when a plot is drawn)."""

@@ -1,0 +1,1 @@
+"""Repairs that return a clean model: pruning, fine-pruning, unlearning."""

@@ -1,0 +1,1 @@
+"""Train a clean model on a possibly poisoned training set."""
