@@ -1,0 +1,55 @@
+"""Sphinx configuration for backdoorlearn's documentation."""
+
+import os
+import sys
+from datetime import date
+
+sys.path.insert(0, os.path.abspath("../src"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import backdoorlearn  # noqa: E402
+
+project = "backdoorlearn"
+author = "backdoorlearn developers"
+copyright = f"{date.today().year}, {author}"
+release = backdoorlearn.__version__
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "numpydoc",
+    "sphinx_gallery.gen_gallery",
+]
+
+autosummary_generate = True
+autodoc_default_options = {"members": True, "inherited-members": True}
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py", "sg_execution_times.rst"]
+default_role = "obj"
+
+html_theme = "pydata_sphinx_theme"
+html_title = "backdoorlearn"
+html_static_path = ["_static"]
+html_theme_options = {"navigation_with_keys": False}
+
+# No network at build time: intersphinx inventories are optional.
+intersphinx_mapping = {}
+
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/plot_",
+    "within_subsection_order": "FileNameSortKey",
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "abort_on_example_error": True,
+    "show_memory": False,
+    "matplotlib_animations": False,
+    "reference_url": {"backdoorlearn": None},
+}
