@@ -26,7 +26,7 @@ extensions = [
 ]
 
 autosummary_generate = True
-autodoc_default_options = {"members": True, "inherited-members": True}
+autodoc_default_options = {}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 templates_path = ["_templates"]
@@ -52,4 +52,18 @@ sphinx_gallery_conf = {
     "show_memory": False,
     "matplotlib_animations": False,
     "reference_url": {"backdoorlearn": None},
+    "doc_module": ("backdoorlearn",),
+    "backreferences_dir": "api/generated/backreferences",
 }
+
+
+def _skip_metadata_routing(app, what, name, obj, skip, options):
+    # scikit-learn generates set_*_request methods on every estimator; they
+    # are routing plumbing, not part of backdoorlearn's API.
+    if name == "get_metadata_routing" or (name.startswith("set_") and name.endswith("_request")):
+        return True
+    return skip
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_metadata_routing)

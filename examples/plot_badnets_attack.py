@@ -1,7 +1,7 @@
 """
-=====================================
+======================================
 A BadNets attack on handwritten digits
-=====================================
+======================================
 
 A backdoored classifier behaves normally on clean inputs but sends any input
 that carries the attacker's trigger to the target label. Here we poison 10%
