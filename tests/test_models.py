@@ -153,3 +153,24 @@ def test_bad_inputs_to_adapter(X8):
         adapter.predict_proba(np.zeros((0, 1, 8, 8), np.float32))
     with pytest.raises(ValueError, match="batch_size"):
         ModelAdapter(SmallCNN(1, 4), batch_size=0)
+
+
+def test_weights_roundtrip_and_refuse_code(digits_bench, tmp_path):
+    import torch
+
+    from backdoorlearn.models import load_weights, save_weights
+
+    path = tmp_path / "w.pt"
+    save_weights(digits_bench.clean_model, path)
+    module = load_weights(SmallCNN(1, 10, pooled_size=4), path)
+    X = digits_bench.X_test[:8]
+    np.testing.assert_allclose(ModelAdapter(module).predict_proba(X),
+                               digits_bench.clean_model.predict_proba(X), atol=1e-6)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="(?i)weights only|unsupported|global"):
+        load_weights(SmallCNN(1, 10), tmp_path / "evil.pt")

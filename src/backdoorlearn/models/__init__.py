@@ -1,6 +1,16 @@
 """How backdoorlearn holds a model: the adapter and the reference networks."""
 
 from ._adapter import ModelAdapter, build_net, eval_mode, model_fingerprint, wrap_module
+from ._io import load_weights, save_weights
 from ._zoo import SmallCNN
 
-__all__ = ["ModelAdapter", "SmallCNN", "build_net", "eval_mode", "model_fingerprint", "wrap_module"]
+__all__ = [
+    "ModelAdapter",
+    "SmallCNN",
+    "build_net",
+    "eval_mode",
+    "load_weights",
+    "model_fingerprint",
+    "save_weights",
+    "wrap_module",
+]
