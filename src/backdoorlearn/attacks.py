@@ -11,9 +11,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 
 from ._utils import check_images, check_label_value, check_labels
+from ._pruning_aware import PruningAwareAttack
 from .triggers import Trigger
 
-__all__ = ["BackdoorPoisoner"]
+__all__ = ["BackdoorPoisoner", "PruningAwareAttack"]
 
 
 class BackdoorPoisoner(BaseEstimator):

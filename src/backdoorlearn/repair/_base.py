@@ -1,0 +1,213 @@
+"""Plumbing shared by the repairs: model and data checks, unit masks, fine-tuning.
+
+A repair works on a deep copy of the user's module and hands back a fitted
+skorch ``NeuralNetClassifier``. Pruned units (convolution channels or linear
+neurons) are removed by zeroing their weights and bias, so the architecture
+and the ``state_dict`` keys are unchanged and a saved, reloaded or pickled
+model stays pruned; :class:`UnitMask` keeps them at zero while skorch
+fine-tunes the network (and during any later ``partial_fit``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+from torch import nn
+
+from .._utils import check_images, check_labels, seeded
+from ..models import ModelAdapter, build_net
+from ..triggers import Trigger
+
+__all__ = ["UnitMask", "zero_units"]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_UNITS = _CONV + (nn.Linear,)
+
+
+def prepare(model, X, y, *, defense, device, batch_size, y_required=True):
+    """White-box adapter on the user's model, checked images and labels, classes."""
+    adapter = ModelAdapter(model, defense=defense, device=device, batch_size=batch_size)
+    adapter.require_white_box()
+    X = check_images(X, name="X", caller=defense)
+    classes = adapter.classes_
+    n_classes = len(classes) if classes is not None else adapter.n_classes(X[:1])
+    if classes is None:
+        classes = np.arange(n_classes)
+    if y is None and not y_required:
+        return adapter, X, None, classes
+    y = check_labels(y, n_samples=len(X), n_classes=n_classes, caller=defense)
+    return adapter, X, y, classes
+
+
+def resolve_layer(adapter, layer, *, types=_CONV, what="convolution (nn.Conv2d)"):
+    """The layer name to prune: ``layer`` checked, or the model's last convolution."""
+    name = adapter.default_conv_layer() if layer is None else layer
+    adapter.get_layer(name, types=types, what=what, param="layer")
+    return name
+
+
+def unit_activations(adapter, X, layer):
+    """Per-sample activation of each unit of ``layer``, shape ``(n_samples, n_units)``.
+
+    The positive part of the layer's output (what the following ReLU passes
+    on), averaged over the spatial positions of a convolution's feature map.
+    """
+    acts = adapter.activations(X, layer)
+    acts = np.maximum(acts, 0)
+    if acts.ndim > 2:
+        acts = acts.reshape(acts.shape[0], acts.shape[1], -1).mean(axis=2)
+    return acts
+
+
+@contextlib.contextmanager
+def masked_units(adapter, layer, units):
+    """Zero the outputs of ``units`` of ``layer`` on the adapter's runtime module.
+
+    Used to evaluate a pruning candidate without copying weights; the result
+    equals zeroing the units' weights and bias.
+    """
+    units = np.asarray(units, dtype=np.int64)
+    target = dict(adapter.runtime_module.named_modules())[layer]
+
+    def hook(_module, _inputs, out):
+        if len(units) == 0:
+            return out
+        out = out.clone()
+        out[:, torch.as_tensor(units, device=out.device)] = 0
+        return out
+
+    handle = target.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def zero_units(module, layer, units):
+    """Prune ``units`` of ``layer`` in ``module`` in place: zero their weights and bias.
+
+    Parameters
+    ----------
+    module : nn.Module
+    layer : str
+        Name of a convolution or linear layer of ``module``.
+    units : array-like of int
+        Output channels (convolution) or neurons (linear layer) to prune.
+    """
+    target = dict(module.named_modules())[layer]
+    idx = torch.as_tensor(np.asarray(units, dtype=np.int64))
+    if idx.numel() == 0:
+        return module
+    with torch.no_grad():
+        target.weight[idx.to(target.weight.device)] = 0
+        if target.bias is not None:
+            target.bias[idx.to(target.bias.device)] = 0
+    return module
+
+
+class UnitMask(Callback):
+    """A skorch callback keeping the pruned units of a layer at zero during training.
+
+    The gradients of the pruned rows are zeroed before each optimizer step and
+    the rows themselves re-zeroed after it (robust to weight decay and
+    momentum), so fine-tuning cannot revive a pruned channel. The callback
+    stays on the repaired net: a later ``partial_fit`` keeps the pruning too.
+
+    Parameters
+    ----------
+    layer : str
+        Name of the pruned layer in the net's module.
+    units : list of int
+        Its pruned output channels or neurons.
+    """
+
+    def __init__(self, layer, units):
+        self.layer = layer
+        self.units = units
+
+    def _target(self, net):
+        return dict(net.module_.named_modules())[self.layer]
+
+    def on_train_begin(self, net, **kwargs):
+        zero_units(net.module_, self.layer, self.units)
+
+    def on_grad_computed(self, net, named_parameters, **kwargs):
+        if not len(self.units):
+            return
+        target = self._target(net)
+        idx = list(self.units)
+        for p in (target.weight, target.bias):
+            if p is not None and p.grad is not None:
+                p.grad[idx] = 0
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            zero_units(net.module_, self.layer, self.units)
+
+
+def fine_tune(module, X, y, classes, *, epochs, lr, batch_size, device, seed, verbose,
+              callbacks=None, desc="fine-tuning", weight_decay=0.0):
+    """Wrap ``module`` in a skorch net and train it ``epochs`` epochs (0: no training).
+
+    The module is trained in place (it is already the repair's own copy).
+    """
+    from ..models._progress import EpochProgressBar
+
+    cbs = list(callbacks or [])
+    if verbose:
+        cbs.append(("progress", EpochProgressBar(desc=desc)))
+    with seeded(seed):
+        net = build_net(module, classes=classes, max_epochs=max(int(epochs), 1), lr=lr,
+                        batch_size=batch_size, device=device, callbacks=cbs or None,
+                        optimizer=torch.optim.AdamW, optimizer__weight_decay=weight_decay)
+        net.initialize()
+        if epochs > 0:
+            net.partial_fit(X, y)
+    return net
+
+
+def is_neural_cleanse(obj):
+    return hasattr(obj, "triggers_") and hasattr(obj, "flagged_labels_")
+
+
+def resolve_triggers(triggers, *, caller, image_shape=None):
+    """``triggers`` as a list of ``(Trigger, target_label or None)`` pairs.
+
+    Accepts a :class:`~backdoorlearn.Trigger`, a list of them, a dict
+    ``{target_label: Trigger}`` or a fitted ``NeuralCleanse`` (its flagged
+    labels' reversed triggers). An empty list means nothing was flagged.
+    """
+    if is_neural_cleanse(triggers):
+        pairs = [(triggers.triggers_[int(k)], int(k)) for k in np.asarray(triggers.flagged_labels_).ravel()]
+    elif hasattr(triggers, "fit") and hasattr(triggers, "get_params"):
+        raise ValueError(
+            f"triggers in {caller} is a {type(triggers).__name__} that is not fitted (note that "
+            "sklearn.clone drops fitted state): fit it first, or pass its triggers as a dict "
+            "{label: nc.triggers_[label] for label in nc.flagged_labels_}."
+        )
+    elif isinstance(triggers, Trigger):
+        pairs = [(triggers, None)]
+    elif isinstance(triggers, dict):
+        pairs = [(t, int(k)) for k, t in triggers.items()]
+    elif isinstance(triggers, (list, tuple)) and len(triggers) > 0:
+        pairs = [(t, None) for t in triggers]
+    else:
+        raise TypeError(
+            f"triggers in {caller} must be a Trigger, a non-empty list of Trigger, a dict "
+            f"{{target_label: Trigger}} or a fitted NeuralCleanse; got {type(triggers).__name__}."
+        )
+    for t, _ in pairs:
+        if not isinstance(t, Trigger):
+            raise TypeError(f"triggers in {caller} must hold Trigger objects; got {type(t).__name__}.")
+        if image_shape is not None:
+            c, h, w = image_shape
+            if t.mask.shape[1:] != (h, w) or t.pattern.shape[0] not in (1, c) or t.mask.shape[0] not in (1, c):
+                raise ValueError(
+                    f"triggers in {caller} must fit images of shape {tuple(image_shape)}; got a "
+                    f"trigger with mask {t.mask.shape} and pattern {t.pattern.shape}."
+                )
+    return pairs
+

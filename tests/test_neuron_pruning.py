@@ -1,0 +1,85 @@
+"""NeuronPruner: Neural Cleanse §VI-B neuron pruning on the embedded benchmarks."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from backdoorlearn import NeuronPruner
+from backdoorlearn.metrics import attack_success_rate, clean_accuracy
+from backdoorlearn.models import model_fingerprint
+
+torch.set_num_threads(1)
+
+
+def _scores(model, bench):
+    return (clean_accuracy(bench.y_test, model.predict(bench.X_test)),
+            attack_success_rate(bench.y_test, model.predict(bench.X_test_triggered), bench.target_label))
+
+
+def _fit_and_check(bench):
+    before = model_fingerprint(bench.backdoored_model)
+    p = NeuronPruner(bench.trigger).fit(bench.backdoored_model, bench.X_holdout, bench.y_holdout)
+    assert model_fingerprint(bench.backdoored_model) == before
+    acc0, _ = _scores(bench.backdoored_model, bench)
+    acc, asr = _scores(p.repaired_model_, bench)
+    assert asr <= 0.10, f"attack success {asr:.3f}"
+    assert acc0 - acc <= 0.05, f"clean accuracy {acc0:.3f} -> {acc:.3f}"
+    return p
+
+
+def test_neuron_pruning_target_signs(signs_bench):
+    p = _fit_and_check(signs_bench)
+    assert p.layer_ == "fc1" and p.target_labels_ == [signs_bench.target_label]
+    assert p.reversed_attack_success_ < p.attack_success_threshold
+    # highest activation gap first
+    assert p.activation_gap_[p.pruned_units_].min() >= np.delete(p.activation_gap_, p.pruned_units_).max()
+    w = p.repaired_model_.module_.fc1.weight
+    assert torch.count_nonzero(w[p.pruned_units_]) == 0
+    net = pickle.loads(pickle.dumps(p.repaired_model_))
+    assert torch.count_nonzero(net.module_.fc1.weight[p.pruned_units_]) == 0
+
+
+@pytest.mark.filterwarnings("ignore:NeuronPruner")
+@pytest.mark.xfail(strict=True, reason="measured on digits seed 0: the 64 penultimate neurons mix clean "
+                   "and backdoor features; attack success 4.4% only at 78.2% clean accuracy "
+                   "(97.6% before)")
+def test_neuron_pruning_target_digits(digits_bench):
+    _fit_and_check(digits_bench)
+
+
+def test_curve_and_stop_rule(signs_bench):
+    b = signs_bench
+    p = NeuronPruner({b.target_label: b.trigger}, attack_success_threshold=0.2).fit(
+        b.backdoored_model, b.X_holdout, b.y_holdout)
+    c = p.pruning_curve_
+    k = len(p.pruned_units_)
+    assert c.attack_success[c.n_pruned == k][0] < 0.2
+    assert np.all(c.attack_success[c.n_pruned < k] >= 0.2)
+    assert p.accuracy_after_ == pytest.approx(c.clean_accuracy[c.n_pruned == k][0])
+
+
+def test_max_prune_ratio_warns(digits_bench):
+    b = digits_bench
+    with pytest.warns(UserWarning, match="still"):
+        p = NeuronPruner(b.trigger, layer="conv2", attack_success_threshold=0.01, max_prune_ratio=0.1).fit(
+            b.backdoored_model, b.X_holdout, b.y_holdout)
+    assert len(p.pruned_units_) == 3
+
+
+def test_errors(digits_bench):
+    b = digits_bench
+    m, X, y = b.backdoored_model, b.X_holdout, b.y_holdout
+    with pytest.raises(ValueError, match="y in NeuronPruner is required"):
+        NeuronPruner(b.trigger).fit(m, X, None)
+    with pytest.raises(ValueError, match="layer='nope' is not a layer"):
+        NeuronPruner(b.trigger, layer="nope").fit(m, X, y)
+    with pytest.raises(ValueError, match="layer='relu2' must name a convolution or linear layer"):
+        NeuronPruner(b.trigger, layer="relu2").fit(m, X, y)
+    black_box = LogisticRegression(max_iter=50).fit(X.reshape(len(X), -1), y)
+    with pytest.raises(TypeError, match="NeuronPruner needs a white-box model"):
+        NeuronPruner(b.trigger).fit(black_box, X, y)
+    with pytest.raises(ValueError, match="target_label in NeuronPruner"):
+        NeuronPruner(b.trigger, target_label=12).fit(m, X, y)
