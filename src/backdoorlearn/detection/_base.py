@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils.validation import check_is_fitted
 
 from .._utils import check_finite_array
 
-__all__ = ["BaseDetector"]
+__all__ = ["BaseDetector", "clone_keeping"]
+
+
+def clone_keeping(obj, keep):
+    """``sklearn.base.clone`` of ``obj``, except the parameters named in ``keep``.
+
+    Those (the model a defense guards) are passed to the clone by reference:
+    scikit-learn's ``clone`` would turn a fitted skorch net or ``MLPClassifier``
+    into an unfitted one, and ``GridSearchCV``, ``cross_validate`` and
+    ``Pipeline`` clone every parameter. Defenses never modify the model, so
+    sharing it is safe (as with ``sklearn.frozen.FrozenEstimator``).
+    """
+    params = obj.get_params(deep=False)
+    new_params = {k: (v if k in keep else clone(v, safe=False)) for k, v in params.items()}
+    new = type(obj)(**new_params)
+    for attr in ("_metadata_request", "_sklearn_output_config"):
+        if hasattr(obj, attr):
+            setattr(new, attr, copy.deepcopy(getattr(obj, attr)))
+    return new
 
 
 class BaseDetector(BaseEstimator):
@@ -34,10 +53,19 @@ class BaseDetector(BaseEstimator):
 
     ``fit(X, y)``: with ``y``, only rows with ``y == 0`` are benign, so a
     labelled mix of clean (0) and trojaned (1) inputs works in ``GridSearchCV``.
+
+    ``clone`` keeps the parameters named in ``_model_params`` (``estimator``,
+    ``model``) by reference instead of re-creating them unfitted, so a
+    detector around a fitted model survives ``GridSearchCV`` and ``Pipeline``.
     """
 
     _rate_param = "false_rejection_rate"
     _min_benign = 2
+    #: Parameters holding the (fitted) model: kept by reference by ``clone``.
+    _model_params = ("estimator", "model")
+
+    def __sklearn_clone__(self):
+        return clone_keeping(self, self._model_params)
 
     # -------------------------------------------------------------- hooks
     @abstractmethod
@@ -77,6 +105,7 @@ class BaseDetector(BaseEstimator):
         Returns
         -------
         self : object
+            The fitted detector.
         """
         self._validate_params()
         X = self._check_X(X, reset=True)
@@ -113,23 +142,60 @@ class BaseDetector(BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, ...)
+            Inputs, of the per-sample shape seen at fit.
 
         Returns
         -------
         scores : ndarray of shape (n_samples,)
+            Higher for more benign inputs.
         """
         check_is_fitted(self, "threshold_")
         X = self._check_X(X, reset=False)
         return np.asarray(self._score_samples(X), dtype=np.float64)
 
     def decision_function(self, X):
-        """``score_samples(X) - threshold_``: negative for flagged inputs."""
+        """``score_samples(X) - threshold_``: negative for flagged inputs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Inputs, of the per-sample shape seen at fit.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+            Negative where the input is flagged as trojaned.
+        """
         return self.score_samples(X) - self.threshold_
 
     def predict(self, X):
-        """1 for inputs flagged as trojaned, 0 for accepted ones."""
+        """1 for inputs flagged as trojaned, 0 for accepted ones.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Inputs, of the per-sample shape seen at fit.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            1 (flagged, trojaned) or 0 (accepted, benign).
+        """
         return (self.decision_function(X) < 0).astype(np.int64)
 
     def score(self, X, y):
-        """Balanced accuracy of :meth:`predict` against 0/1 (benign/trojaned) labels."""
+        """Balanced accuracy of :meth:`predict` against 0/1 (benign/trojaned) labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Inputs, of the per-sample shape seen at fit.
+        y : array-like of shape (n_samples,)
+            0 for benign, 1 for trojaned inputs.
+
+        Returns
+        -------
+        score : float
+            Mean of the recalls of both classes (1 - FRR and 1 - FAR).
+        """
         return float(balanced_accuracy_score(np.asarray(y).ravel(), self.predict(X)))

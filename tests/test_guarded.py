@@ -1,0 +1,106 @@
+"""Tests of GuardedClassifier (STRIP + model, rejected inputs get label N+1)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from backdoorlearn import GuardedClassifier, STRIPDetector
+from backdoorlearn.metrics import attack_success_rate, clean_accuracy
+from backdoorlearn.models import model_fingerprint
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def guarded(digits_bench):
+    b = digits_bench
+    net = b.backdoored_model
+    return GuardedClassifier(net, STRIPDetector(net, n_perturbations=50, random_state=0)).fit(b.X_holdout)
+
+
+def test_rejects_triggered_inputs_and_keeps_clean_ones(digits_bench, guarded):
+    b = digits_bench
+    assert guarded.reject_label_ == 10
+    assert guarded.classes_.tolist() == list(range(11))
+    y_trig = guarded.predict(b.X_test_triggered)
+    y_clean = guarded.predict(b.X_test)
+    model_clean = b.backdoored_model.predict(b.X_test)
+    # the backdoor no longer succeeds: triggered inputs get label N+1
+    assert attack_success_rate(b.y_test, b.backdoored_model.predict(b.X_test_triggered), 0) > 0.9
+    assert attack_success_rate(b.y_test, y_trig, 0) <= 0.02
+    assert np.mean(y_trig == 10) >= 0.98
+    # accepted inputs keep the model's label; the rejected clean ones are few
+    accepted = y_clean != 10
+    np.testing.assert_array_equal(y_clean[accepted], model_clean[accepted])
+    assert accepted.mean() >= 0.97
+    assert clean_accuracy(b.y_test, y_clean) >= clean_accuracy(b.y_test, model_clean) - 0.03
+    np.testing.assert_array_equal(guarded.reject(b.X_test), (~accepted).astype(int))
+    assert guarded.score(b.X_test, b.y_test) == pytest.approx(clean_accuracy(b.y_test, y_clean))
+
+
+def test_detector_is_cloned_and_model_untouched(digits_bench):
+    b = digits_bench
+    net = b.backdoored_model
+    before = model_fingerprint(net)
+    detector = STRIPDetector(net, n_perturbations=5, random_state=0)
+    guard = GuardedClassifier(net, detector).fit(b.X_holdout)
+    assert not hasattr(detector, "threshold_")
+    assert guard.detector_ is not detector and hasattr(guard.detector_, "threshold_")
+    assert guard.estimator_ is net
+    assert model_fingerprint(net) == before
+
+
+def test_detector_without_estimator_guards_the_model(digits_bench):
+    b = digits_bench
+    guard = GuardedClassifier(b.backdoored_model, STRIPDetector(None, n_perturbations=5)).fit(b.X_holdout)
+    assert guard.detector_.estimator is b.backdoored_model
+
+
+def test_custom_reject_label_and_conflict(digits_bench):
+    b = digits_bench
+    det = STRIPDetector(b.backdoored_model, n_perturbations=5, threshold=2.0)  # flags everything
+    guard = GuardedClassifier(b.backdoored_model, det, reject_label=-1).fit(b.X_holdout)
+    assert set(guard.predict(b.X_test[:5])) == {-1}
+    guard = GuardedClassifier(b.backdoored_model, det, reject_label="rejected").fit(b.X_holdout)
+    assert guard.predict(b.X_test[:3]).tolist() == ["rejected"] * 3
+    with pytest.raises(ValueError, match="must not be one of the model's classes; got 3"):
+        GuardedClassifier(b.backdoored_model, det, reject_label=3).fit(b.X_holdout)
+
+
+def test_bare_module_and_unfitted_estimator(digits_bench):
+    b = digits_bench
+    flat = lambda X: X.reshape(len(X), -1)  # noqa: E731
+    guard = GuardedClassifier(b.backdoored_model.module_, STRIPDetector(None, n_perturbations=5)).fit(
+        b.X_holdout)
+    assert guard.n_classes_ == 10 and guard.reject_label_ == 10
+    mlp = MLPClassifier(hidden_layer_sizes=(32,), max_iter=200, random_state=0)
+    with pytest.raises(ValueError, match="unfitted estimator and y=None"):
+        GuardedClassifier(mlp, STRIPDetector(None, n_perturbations=5)).fit(flat(b.X_holdout))
+    guard = GuardedClassifier(mlp, STRIPDetector(None, n_perturbations=5, random_state=0)).fit(
+        flat(b.X_holdout), b.y_holdout)
+    assert not hasattr(mlp, "coefs_") and guard.estimator_ is not mlp
+    assert guard.predict(flat(b.X_test[:10])).shape == (10,)
+
+
+def test_pipeline_and_clone(digits_bench):
+    b = digits_bench
+    net = b.backdoored_model
+    guard = GuardedClassifier(net, STRIPDetector(net, n_perturbations=20, random_state=0))
+    copy = clone(guard)
+    assert copy.estimator is net and copy.detector.estimator is net
+    pipe = make_pipeline(FunctionTransformer(lambda Z: Z.reshape(-1, 1, 8, 8)), guard)
+    pipe.fit(b.X_holdout.reshape(len(b.X_holdout), -1))
+    pred = pipe.predict(b.X_test_triggered[:30].reshape(30, -1))
+    assert np.mean(pred == 10) >= 0.9
+    assert 0 <= pipe.score(b.X_test[:30].reshape(30, -1), b.y_test[:30]) <= 1
+
+
+def test_unfitted_use():
+    guard = GuardedClassifier(torch.nn.Linear(3, 2), STRIPDetector(None))
+    with pytest.raises(NotFittedError):
+        guard.predict(np.zeros((2, 3), np.float32))
