@@ -1,0 +1,180 @@
+"""Tests for AntiBackdoorLearner (Anti-Backdoor Learning)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import cross_val_score
+
+from backdoorlearn import AntiBackdoorLearner, SmallCNN
+from backdoorlearn.datasets import load_digits
+from backdoorlearn.metrics import attack_success_rate, clean_accuracy
+from backdoorlearn.models import model_fingerprint
+
+# The benchmark nets' architectures (datasets._benchmark._CONFIG), so ABL is
+# compared with "the same network trained on clean data" (bench.clean_model).
+DIGITS_NET = dict(channels=(16, 32), hidden=64, pooled_size=4)
+SIGNS_NET = dict(channels=(16, 32, 32), hidden=64)
+# Signs: a shorter, larger-step budget (the benchmark trains 16 epochs at 3e-3).
+SIGNS_FIT = dict(lr=3e-3, batch_size=64, isolation_epochs=10, finetune_epochs=12)
+
+
+def _figures(abl, b):
+    ca = clean_accuracy(b.y_test, abl.predict(b.X_test))
+    ca_clean = clean_accuracy(b.y_test, b.clean_model.predict(b.X_test))
+    asr = attack_success_rate(b.y_test, abl.predict(b.X_test_triggered), b.target_label)
+    precision = float(np.mean(b.poison_mask[abl.isolated_indices_]))
+    return ca, ca_clean, asr, precision
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    X, y = load_digits()
+    return X[:300], y[:300]
+
+
+def _fast(**kw):
+    params = dict(isolation_epochs=1, finetune_epochs=1, unlearning_epochs=1, random_state=0)
+    params.update(kw)
+    return AntiBackdoorLearner(SmallCNN, **params)
+
+
+# ---------------------------------------------------------------- quality
+@pytest.fixture(scope="module")
+def digits_abl(digits_bench):
+    b = digits_bench
+    return AntiBackdoorLearner(SmallCNN, module_params=DIGITS_NET, random_state=0).fit(b.X_train, b.y_train)
+
+
+def test_digits_badnets_targets(digits_bench, digits_abl):
+    ca, ca_clean, asr, precision = _figures(digits_abl, digits_bench)
+    assert precision >= 0.9
+    assert asr <= 0.10
+    assert ca >= ca_clean - 0.03
+    assert len(digits_abl.isolated_indices_) == int(np.ceil(0.01 * len(digits_bench.X_train)))
+
+
+@pytest.fixture(scope="module")
+def signs_abl(signs_bench):
+    b = signs_bench
+    return AntiBackdoorLearner(SmallCNN, module_params=SIGNS_NET, random_state=0, **SIGNS_FIT).fit(
+        b.X_train, b.y_train)
+
+
+@pytest.mark.slow
+def test_signs_badnets_isolation_and_accuracy(signs_bench, signs_abl):
+    ca, ca_clean, _, precision = _figures(signs_abl, signs_bench)
+    assert precision >= 0.9
+    assert ca >= ca_clean - 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured on signs seed 0: attack success 11.4% "
+                   "(isolation precision 100%, clean accuracy 99.2% vs 97.1% for the clean net)")
+def test_signs_badnets_attack_success(signs_bench, signs_abl):
+    _, _, asr, _ = _figures(signs_abl, signs_bench)
+    assert asr <= 0.10
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured on digits seed 0: isolation precision 8%, "
+                   "attack success 61%, clean accuracy 80.9%: the blended noise is learned "
+                   "slower than the digits, so ABL's premise fails (the paper: 16% on CIFAR-10)")
+def test_digits_blend_targets(benchmark_factory):
+    b = benchmark_factory("digits", attack="blend", random_state=0)
+    abl = AntiBackdoorLearner(SmallCNN, module_params=DIGITS_NET, random_state=0).fit(b.X_train, b.y_train)
+    ca, ca_clean, asr, precision = _figures(abl, b)
+    assert precision >= 0.9
+    assert asr <= 0.10
+    assert ca >= ca_clean - 0.03
+
+
+# ---------------------------------------------------------------- mechanics
+def test_stages_go_through_skorch_history(digits_abl):
+    stages = [row["stage"] for row in digits_abl.history_]
+    assert stages == ["isolation"] * 12 + ["finetune"] * 30 + ["unlearning"] * 3
+    assert digits_abl.model_.__class__.__name__ == "NeuralNetClassifier"
+    assert digits_abl.isolation_losses_.shape == (1224,)
+    iso = digits_abl.isolation_losses_[digits_abl.isolated_indices_]
+    assert iso.max() <= np.delete(digits_abl.isolation_losses_, digits_abl.isolated_indices_).min()
+
+
+def test_classifier_api(tiny):
+    X, y = tiny
+    abl = _fast().fit(X, y)
+    proba = abl.predict_proba(X[:7])
+    assert proba.shape == (7, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(abl.predict(X[:7]), proba.argmax(axis=1))
+    assert 0 <= abl.score(X, y) <= 1
+    assert abl.input_shape_ == (1, 8, 8)
+    np.testing.assert_array_equal(abl.classes_, np.arange(10))
+
+
+def test_labels_not_starting_at_zero(tiny):
+    X, y = tiny
+    abl = _fast().fit(X, y + 5)
+    np.testing.assert_array_equal(abl.classes_, np.arange(5, 15))
+    assert set(np.unique(abl.predict(X))) <= set(range(5, 15))
+
+
+def test_repeatable_and_global_rng_untouched(tiny):
+    X, y = tiny
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    a = _fast().fit(X, y)
+    after = torch.rand(1)
+    b = _fast().fit(X, y)
+    assert torch.equal(after, expected)
+    np.testing.assert_array_equal(a.isolated_indices_, b.isolated_indices_)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_module_instance_is_copied_not_changed(tiny):
+    X, y = tiny
+    module = SmallCNN(1, 10)
+    before = model_fingerprint(module)
+    X_before = X.copy()
+    abl = AntiBackdoorLearner(module, isolation_epochs=1, finetune_epochs=1, unlearning_epochs=1,
+                              random_state=0).fit(X, y)
+    assert model_fingerprint(module) == before
+    assert abl.model_.module_ is not module
+    np.testing.assert_array_equal(X, X_before)
+
+
+def test_clone_and_cross_val_score(tiny):
+    X, y = tiny
+    abl = _fast(isolation_ratio=0.02)
+    assert clone(abl).get_params()["isolation_ratio"] == 0.02
+    scores = cross_val_score(abl, X, y, cv=2)
+    assert scores.shape == (2,)
+
+
+def test_errors(tiny):
+    X, y = tiny
+    for ratio in (0, 1, 1.5, -0.1):
+        with pytest.raises(ValueError, match="isolation_ratio"):
+            _fast(isolation_ratio=ratio).fit(X, y)
+    with pytest.raises(ValueError, match="more training samples"):
+        _fast(isolation_ratio=0.5).fit(X[:12], y[:12])
+    with pytest.raises(ValueError, match="at least 2 sample"):
+        _fast().fit(X[:1], y[:1])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        _fast().fit(X[y == 3], y[y == 3])
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+        AntiBackdoorLearner("SmallCNN").fit(X, y)
+    with pytest.raises(ValueError, match="logits of shape \\(n_samples, 10\\)"):
+        AntiBackdoorLearner(SmallCNN(1, 4), isolation_epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="module_params only applies"):
+        AntiBackdoorLearner(SmallCNN(1, 10), module_params={"hidden": 8}).fit(X, y)
+    with pytest.raises(ValueError, match="one label per sample"):
+        _fast().fit(X, y[:-1])
+    with pytest.raises(ValueError, match="gamma"):
+        _fast(gamma=-1).fit(X, y)
+    with pytest.raises(NotFittedError):
+        _fast().predict(X)
+    abl = _fast().fit(X, y)
+    with pytest.raises(ValueError, match="images of shape \\(1, 8, 8\\)"):
+        abl.predict(np.zeros((2, 1, 9, 9), dtype=np.float32))
