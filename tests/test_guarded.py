@@ -104,3 +104,15 @@ def test_unfitted_use():
     guard = GuardedClassifier(torch.nn.Linear(3, 2), STRIPDetector(None))
     with pytest.raises(NotFittedError):
         guard.predict(np.zeros((2, 3), np.float32))
+
+
+def test_nested_params_do_not_reach_into_the_users_model(digits_bench):
+    from backdoorlearn import BimodelClassifier, STRIPDetector
+
+    net = digits_bench.backdoored_model
+    for est in (STRIPDetector(net), GuardedClassifier(net, STRIPDetector(None)),
+                BimodelClassifier(net, digits_bench.clean_model)):
+        assert not any(k.startswith(("estimator__", "backdoored__", "repaired__")) for k in est.get_params())
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        BimodelClassifier(net, digits_bench.clean_model).set_params(backdoored__lr=1.0)
+    assert net.lr != 1.0

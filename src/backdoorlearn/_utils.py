@@ -8,16 +8,19 @@ how ``device="auto"`` is resolved (:func:`resolve_device`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import numbers
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 __all__ = [
     "check_images",
     "check_finite_array",
     "check_labels",
+    "PrefitModelsMixin",
     "resolve_device",
     "seeded",
     "torch_seed",
@@ -190,3 +193,38 @@ def seeded(seed):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+class PrefitModelsMixin:
+    """Estimators whose parameters named in ``_model_params`` hold prefit models.
+
+    A defense's guarded model is fitted already and never modified, so:
+
+    - ``clone`` (which ``GridSearchCV``, ``cross_validate`` and ``Pipeline``
+      call on every parameter) passes those parameters to the clone by
+      reference: scikit-learn's own ``clone`` would turn a fitted skorch net
+      or ``MLPClassifier`` into an unfitted one (as
+      ``sklearn.frozen.FrozenEstimator`` avoids);
+    - ``get_params(deep=True)`` does not descend into them, so
+      ``set_params(model__lr=...)`` cannot reach into the user's model.
+    """
+
+    _model_params = ()
+
+    def __sklearn_clone__(self):
+        params = self.get_params(deep=False)
+        new = type(self)(**{k: (v if k in self._model_params else clone(v, safe=False))
+                            for k, v in params.items()})
+        for attr in ("_metadata_request", "_sklearn_output_config"):
+            if hasattr(self, attr):
+                setattr(new, attr, copy.deepcopy(getattr(self, attr)))
+        return new
+
+    def get_params(self, deep=True):
+        params = super().get_params(deep=False)
+        if deep:
+            for name, value in list(params.items()):
+                if name in self._model_params or isinstance(value, type) or not hasattr(value, "get_params"):
+                    continue
+                params.update((f"{name}__{k}", v) for k, v in value.get_params(deep=True).items())
+        return params

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 from abc import abstractmethod
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils import check_finite_array
+from .._utils import PrefitModelsMixin, check_finite_array
 
-__all__ = ["BaseDetector", "clone_keeping"]
-
-
-def clone_keeping(obj, keep):
-    """``sklearn.base.clone`` of ``obj``, except the parameters named in ``keep``.
-
-    Those (the model a defense guards) are passed to the clone by reference:
-    scikit-learn's ``clone`` would turn a fitted skorch net or ``MLPClassifier``
-    into an unfitted one, and ``GridSearchCV``, ``cross_validate`` and
-    ``Pipeline`` clone every parameter. Defenses never modify the model, so
-    sharing it is safe (as with ``sklearn.frozen.FrozenEstimator``).
-    """
-    params = obj.get_params(deep=False)
-    new_params = {k: (v if k in keep else clone(v, safe=False)) for k, v in params.items()}
-    new = type(obj)(**new_params)
-    for attr in ("_metadata_request", "_sklearn_output_config"):
-        if hasattr(obj, attr):
-            setattr(new, attr, copy.deepcopy(getattr(obj, attr)))
-    return new
+__all__ = ["BaseDetector"]
 
 
-class BaseDetector(BaseEstimator):
+class BaseDetector(PrefitModelsMixin, BaseEstimator):
     """Base class of input-level backdoor detectors.
 
     It owns the public methods (validation, ``check_is_fitted``, threshold,
@@ -63,9 +44,6 @@ class BaseDetector(BaseEstimator):
     _min_benign = 2
     #: Parameters holding the (fitted) model: kept by reference by ``clone``.
     _model_params = ("estimator", "model")
-
-    def __sklearn_clone__(self):
-        return clone_keeping(self, self._model_params)
 
     # -------------------------------------------------------------- hooks
     @abstractmethod

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from .._docstring import fill_doc
-from .._utils import check_finite_array
+from .._utils import PrefitModelsMixin, check_finite_array
 from ..models import ModelAdapter
 
 __all__ = ["BimodelClassifier"]
@@ -20,7 +20,7 @@ _MODELS = ("backdoored", "repaired")
 
 
 @fill_doc
-class BimodelClassifier(ClassifierMixin, BaseEstimator):
+class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
     """Bimodel Backdoor Defence (BBD): serve a backdoored model next to a repaired one.
 
     The backdoored model learned the clean task from the whole training set;
@@ -136,15 +136,8 @@ class BimodelClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
 
-    def __sklearn_clone__(self):
-        # The two models are prefit, and never modified: cloning them would give
-        # unfitted copies (as for scikit-learn's FrozenEstimator), so a clone
-        # shares them and clones only the other parameters.
-        params = self.get_params(deep=False)
-        for name, value in params.items():
-            if name not in _MODELS:
-                params[name] = clone(value, safe=False)
-        return type(self)(**params)
+    # The two models are prefit and never modified: a clone shares them.
+    _model_params = _MODELS
 
     def _adapters(self):
         return tuple(

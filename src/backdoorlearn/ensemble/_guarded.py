@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import check_is_fitted
 
-from ..detection._base import clone_keeping
+from .._utils import PrefitModelsMixin
 from ..models import ModelAdapter
 
 __all__ = ["GuardedClassifier"]
@@ -30,7 +30,7 @@ def _is_fitted(estimator):
     return True
 
 
-class GuardedClassifier(ClassifierMixin, BaseEstimator):
+class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
     """Predict with a model, or answer ``reject_label`` for inputs a detector flags.
 
     The serving scheme of the STRIP + fine-pruning seeds: a (possibly
@@ -116,10 +116,9 @@ class GuardedClassifier(ClassifierMixin, BaseEstimator):
         self.detector = detector
         self.reject_label = reject_label
 
-    def __sklearn_clone__(self):
-        # The model is kept by reference (a fitted net must stay fitted);
-        # the detector is cloned (it keeps its own model by reference).
-        return clone_keeping(self, ("estimator",))
+    # The model is kept by reference (a fitted net must stay fitted); the
+    # detector is cloned (it keeps its own model by reference).
+    _model_params = ("estimator",)
 
     def fit(self, X, y=None):
         """Fit the detector on benign inputs (and an unfitted estimator on ``(X, y)``).
