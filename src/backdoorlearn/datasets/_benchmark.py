@@ -24,7 +24,7 @@ _CONFIG = {
     "digits": dict(n_samples=None, n_classes=10, module=dict(channels=(16, 32), hidden=64, pooled_size=4),
                    max_epochs=40, lr=2e-3, batch_size=32),
     "signs": dict(n_samples=3000, n_classes=10, module=dict(channels=(16, 32, 32), hidden=64),
-                  max_epochs=16, lr=3e-3, batch_size=64),
+                  max_epochs=16, lr=2e-3, batch_size=32),
 }
 _TEST_SIZE = 0.25
 _HOLDOUT_FRACTION = 0.10  # of the training set: the defender's clean data
