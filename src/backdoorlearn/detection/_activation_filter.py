@@ -1,0 +1,192 @@
+"""Neural Cleanse's input filter (Sec. VI-A): flag inputs that fire the trigger's neurons."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+
+from .._docstring import fill_doc
+from .._utils import check_images
+from ..models import ModelAdapter
+from ..triggers import Trigger
+from ._base import BaseDetector
+
+__all__ = ["ActivationFilter"]
+
+
+@fill_doc
+class ActivationFilter(BaseDetector):
+    """Flag inputs whose top backdoor neurons fire as on the reversed trigger.
+
+    Neural Cleanse's filter (Wang et al., 2019, Sec. VI-A): the neurons of a
+    layer (by default the penultimate one, the paper's "second to last
+    layer") are ranked by how much more they are activated by clean images
+    stamped with the trigger than by the same images clean; the top
+    ``top_fraction`` are kept, and an input is flagged when its mean
+    activation over those neurons is above a threshold learned on clean
+    data at ``false_positive_rate``.
+
+    Needs a white-box model (a torch module or a skorch net), the trigger
+    (usually reversed by :class:`NeuralCleanse`, never the attacker's) and
+    clean images.
+
+    %(detector_convention)s
+
+    The score is minus the mean activation of the selected neurons.
+
+    Parameters
+    ----------
+    estimator : torch.nn.Module or skorch.NeuralNetClassifier
+        The (suspect) model; never modified.
+    triggers : Trigger, list of Trigger or fitted NeuralCleanse
+        The trigger(s) whose neurons are watched. A fitted
+        :class:`NeuralCleanse` contributes the triggers of its flagged labels
+        (an error if it flagged none). With several triggers, the neurons of
+        each are ranked separately and an input's score is its worst one.
+    layer : str, default=None
+        Name of the layer watched; ``None`` means the penultimate layer.
+    top_fraction : float, default=0.01
+        Fraction of the layer's neurons kept (the paper's top 1%%), but never
+        fewer than ``min_neurons`` (``n_neurons_`` says how many were used).
+    min_neurons : int, default=8
+        Fewest neurons kept. The paper's layers have hundreds of units; on a
+        64-unit layer 1%% is less than one neuron, and the single most
+        trigger-specific neuron alone missed 33%% of the triggered inputs of
+        the digits benchmark model at 5%% false positives (8 neurons: 1%%).
+    false_positive_rate : float, default=0.05
+        Fraction of clean inputs flagged; sets ``threshold_`` as the
+        quantile of the clean scores.
+    threshold : float, default=None
+        A fixed threshold on the score instead of the learned one.
+    threshold_method : {"quantile", "normal"}, default="quantile"
+        Empirical quantile of the clean scores, or ``mean - z * std`` of a
+        normal fitted to them.
+    %(device)s
+    %(batch_size)s
+
+    Attributes
+    ----------
+    triggers_ : list of Trigger
+        The triggers used.
+    layer_ : str
+        The layer watched.
+    neurons_ : list of ndarray of int
+        Indices (in the flattened layer output) of the neurons kept, one
+        array per trigger, most trigger-specific first.
+    n_neurons_ : int
+        Neurons kept per trigger.
+    benign_scores_ : ndarray of shape (n_samples,)
+        Scores of the clean training inputs.
+    threshold_ : float
+    input_shape_ : tuple of int
+
+    See Also
+    --------
+    NeuralCleanse : Reverse engineers the triggers this filter watches.
+    STRIPDetector : A black-box input detector.
+
+    References
+    ----------
+    .. [1] B. Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor
+       Attacks in Neural Networks", IEEE S&P 2019, Sec. VI-A.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from backdoorlearn import ActivationFilter, SmallCNN, Trigger
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((60, 1, 8, 8), dtype=np.float32)
+    >>> trigger = Trigger.patch((1, 8, 8), size=2)
+    >>> filt = ActivationFilter(SmallCNN(1, 10), trigger).fit(X)
+    >>> filt.predict(X).shape, filt.n_neurons_
+    ((60,), 8)
+    """
+
+    _rate_param = "false_positive_rate"
+    # clone keeps the model and a fitted NeuralCleanse by reference (not refit-able copies)
+    _model_params = ("estimator", "triggers")
+
+    _parameter_constraints = {
+        "estimator": [HasMethods("forward"), HasMethods("predict_proba")],
+        "triggers": [Trigger, list, tuple, HasMethods("fit")],
+        "layer": [str, None],
+        "top_fraction": [Interval(numbers.Real, 0, 1, closed="right")],
+        "min_neurons": [Interval(numbers.Integral, 1, None, closed="left")],
+        "false_positive_rate": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "threshold": [numbers.Real, None],
+        "threshold_method": [StrOptions({"quantile", "normal"})],
+        "device": [str, None],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, estimator, triggers, layer=None, top_fraction=0.01, min_neurons=8,
+                 false_positive_rate=0.05,
+                 threshold=None, threshold_method="quantile", device="cpu", batch_size=256):
+        self.estimator = estimator
+        self.triggers = triggers
+        self.layer = layer
+        self.top_fraction = top_fraction
+        self.min_neurons = min_neurons
+        self.false_positive_rate = false_positive_rate
+        self.threshold = threshold
+        self.threshold_method = threshold_method
+        self.device = device
+        self.batch_size = batch_size
+
+    def _adapter(self):
+        return ModelAdapter(self.estimator, defense=type(self).__name__, device=self.device,
+                            batch_size=self.batch_size).require_white_box()
+
+    def _resolve_triggers(self):
+        name = type(self).__name__
+        trig = self.triggers
+        if isinstance(trig, Trigger):
+            return [trig]
+        if isinstance(trig, (list, tuple)):
+            if not trig or not all(isinstance(t, Trigger) for t in trig):
+                raise ValueError(f"triggers in {name} must be a Trigger, a non-empty list of Trigger "
+                                 f"or a fitted NeuralCleanse; got {trig!r}.")
+            return list(trig)
+        flagged = getattr(trig, "flagged_labels_", None)
+        if flagged is None:
+            raise ValueError(f"triggers in {name} must be a fitted NeuralCleanse when it is an "
+                             f"estimator; got an unfitted {type(trig).__name__}.")
+        if not flagged:
+            raise ValueError(f"triggers in {name}: the NeuralCleanse given flagged no label, so "
+                             "there is no backdoor trigger to filter; pass a Trigger instead.")
+        if getattr(trig, "flagged_pairs_", None):
+            return [trig.triggers_[p] for p in trig.flagged_pairs_]
+        return [trig.triggers_[label] for label in flagged]
+
+    def _activations(self, adapter, X):
+        act = adapter.activations(X, self.layer_, batch_size=self.batch_size)
+        return act.reshape(act.shape[0], -1)
+
+    def _fit_detector(self, X):
+        name = type(self).__name__
+        X = check_images(X, name="X", caller=name)
+        adapter = self._adapter()
+        self.triggers_ = self._resolve_triggers()
+        self.layer_ = self.layer if self.layer is not None else adapter.default_penultimate_layer()
+        adapter.get_layer(self.layer_)
+        clean = self._activations(adapter, X)
+        n_units = clean.shape[1]
+        # Sec. V-C / VI-A: the top 1% of the neurons; at least min_neurons on small layers.
+        self.n_neurons_ = min(n_units, max(self.min_neurons, int(math.floor(self.top_fraction * n_units))))
+        self.neurons_ = []
+        for trigger in self.triggers_:
+            stamped = self._activations(adapter, trigger.apply(X))
+            gap = (stamped - clean).mean(axis=0)
+            self.neurons_.append(np.argsort(-gap, kind="stable")[: self.n_neurons_])
+        return self._scores_from(clean)
+
+    def _scores_from(self, act):
+        means = np.stack([act[:, idx].mean(axis=1) for idx in self.neurons_], axis=1)
+        return -means.max(axis=1)
+
+    def _score_samples(self, X):
+        X = check_images(X, name="X", caller=type(self).__name__)
+        return self._scores_from(self._activations(self._adapter(), X))

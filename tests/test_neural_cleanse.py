@@ -1,0 +1,252 @@
+"""NeuralCleanse: detection quality on the embedded benchmarks, batching, options, errors."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.neural_network import MLPClassifier
+
+from backdoorlearn import BackdoorPoisoner, NeuralCleanse, Trigger
+from backdoorlearn.datasets._benchmark import train_classifier
+from backdoorlearn.inspection import mad_anomaly_index
+from backdoorlearn.metrics import attack_success_rate
+from backdoorlearn.models import model_fingerprint
+
+# The digits benchmark's training budget (datasets/_benchmark.py).
+_DIGITS_TRAIN = dict(n_classes=10, module_params=dict(channels=(16, 32), hidden=64, pooled_size=4),
+                     max_epochs=40, lr=2e-3, batch_size=32)
+
+
+def defender_data(bench, n=400):
+    """The defender's clean images: the hold-out, topped up to ``n`` with clean training
+    images (never test images, so the attack success measured on the test set is fair).
+
+    The hold-out alone (123 digits) reverses triggers that reach 99% on it but only
+    96.5% on the test set (digits seed 2); the paper's authors and our prototype used
+    a few hundred images. The model saw these training images, but only clean ones.
+    """
+    extra = np.flatnonzero(~bench.poison_mask)[: max(0, n - len(bench.X_holdout))]
+    return (np.concatenate([bench.X_holdout, bench.X_train[extra]]),
+            np.concatenate([bench.y_holdout, bench.y_train_clean[extra]]))
+
+
+def _fit(model, bench, n_images=400, **params):
+    params.setdefault("random_state", 0)
+    return NeuralCleanse(**params).fit(model, *defender_data(bench, n_images))
+
+
+def _check_backdoored(nc, bench):
+    assert nc.anomaly_index_ > 2, nc.l1_norms_
+    assert bench.target_label in nc.flagged_labels_
+    assert nc.backdoor_detected_
+    trig = nc.triggers_[bench.target_label]
+    pred = bench.backdoored_model.predict(trig.apply(bench.X_test))
+    assert attack_success_rate(bench.y_test, pred, bench.target_label) >= 0.97
+
+
+@pytest.fixture(scope="module")
+def nc_digits(digits_bench):
+    before = model_fingerprint(digits_bench.backdoored_model)
+    nc = _fit(digits_bench.backdoored_model, digits_bench)
+    assert model_fingerprint(digits_bench.backdoored_model) == before
+    return nc
+
+
+# ---------------------------------------------------------------------- quality
+def test_backdoored_digits_detected(nc_digits, digits_bench):
+    _check_backdoored(nc_digits, digits_bench)
+    assert nc_digits.flagged_labels_ == [0]
+    assert set(nc_digits.triggers_) == set(range(10))
+    assert np.isfinite(nc_digits.l1_norms_).all() and np.isfinite(nc_digits.anomaly_indices_).all()
+    assert nc_digits.reversed_attack_success_[0] >= 0.97
+    # the reversed trigger is far smaller than the median label's
+    assert nc_digits.l1_norms_[0] < 0.5 * nc_digits.median_l1_norm_
+
+
+def test_clean_digits_not_detected(digits_bench):
+    nc = _fit(digits_bench.clean_model, digits_bench)
+    assert nc.anomaly_index_ < 2
+    assert not nc.backdoor_detected_ and nc.flagged_labels_ == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_digits_seed_sweep(benchmark_factory, seed):
+    bench = benchmark_factory("digits", random_state=seed)
+    _check_backdoored(_fit(bench.backdoored_model, bench), bench)
+    assert _fit(bench.clean_model, bench).anomaly_index_ < 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_signs_seed_sweep(benchmark_factory, seed):
+    # the 205 hold-out signs (seed 0: anomaly index 3.7 / 1.5, reversed trigger 98%)
+    bench = benchmark_factory("signs", random_state=seed)
+    _check_backdoored(_fit(bench.backdoored_model, bench, n_images=0), bench)
+    assert _fit(bench.clean_model, bench, n_images=0).anomaly_index_ < 2
+
+
+@pytest.fixture(scope="module")
+def multi_target_model(digits_bench):
+    b = digits_bench
+    clean = ~b.poison_mask
+    X, y = b.X_train[clean], b.y_train_clean[clean]
+    triggers = [Trigger.patch((1, 8, 8), size=2, location="bottom-right"),
+                Trigger.patch((1, 8, 8), size=2, location="top-left")]
+    poisoner = BackdoorPoisoner(triggers, target_label=[0, 5], poison_rate=0.2, n_classes=10,
+                                random_state=0)
+    X_p, y_p = poisoner.fit_resample(X, y)
+    net = train_classifier(X_p, y_p, random_state=0, **_DIGITS_TRAIN)
+    return net, triggers
+
+
+def test_multi_target_both_flagged(multi_target_model, digits_bench):
+    net, triggers = multi_target_model
+    for trig, target in zip(triggers, (0, 5)):  # the attack worked
+        asr = attack_success_rate(digits_bench.y_test, net.predict(trig.apply(digits_bench.X_test)), target)
+        assert asr > 0.9
+    nc = _fit(net, digits_bench, n_images=0)  # the 123 hold-out images suffice here
+    assert {0, 5} <= set(nc.flagged_labels_), (nc.l1_norms_, nc.anomaly_indices_)
+
+
+@pytest.fixture(scope="module")
+def source_specific_model(digits_bench):
+    """A partial backdoor (paper, Sec. VII-E): the trigger sends label 3 to 0 and
+    nothing else; cover samples (the trigger on other labels, labels kept) keep it
+    from generalizing to every source."""
+    b = digits_bench
+    clean = ~b.poison_mask
+    X, y = b.X_train[clean], b.y_train_clean[clean]
+    trigger = Trigger.patch((1, 8, 8), size=2)
+    poisoner = BackdoorPoisoner(trigger, target_label=0, poison_rate=0.05, source_labels=[3],
+                                n_classes=10, random_state=0)
+    X_p, y_p = poisoner.fit_resample(X, y)
+    cover = np.random.default_rng(0).choice(np.flatnonzero(y != 3), size=110, replace=False)
+    X_p = np.concatenate([X_p, trigger.apply(X[cover])])
+    y_p = np.concatenate([y_p, y[cover]])
+    return train_classifier(X_p, y_p, random_state=0, **_DIGITS_TRAIN), trigger
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured on the 8x8 digits with 12 defender images of label 3: the (3, 0) trigger "
+    "(L1 3.5) is no smaller than natural pairs such as (3, 2) (L1 3.5); anomaly index 0.7 "
+    "(1.6 with the 450 test images added, 1.6 over all 90 pairs)"))
+def test_source_specific_backdoor_found_by_pairs(source_specific_model, digits_bench):
+    b = digits_bench
+    net, trigger = source_specific_model
+    src = b.y_test == 3
+    # the backdoor is partial: it works from label 3, not from the others
+    assert attack_success_rate(b.y_test[src], net.predict(trigger.apply(b.X_test[src])), 0) > 0.9
+    assert attack_success_rate(b.y_test, net.predict(trigger.apply(b.X_test)), 0) < 0.3
+    nc = _fit(net, b, n_images=0, pairs=[(3, t) for t in range(10) if t != 3])
+    assert nc.pairs_.shape == (9, 2)
+    assert nc.flagged_pairs_ == [(3, 0)], (nc.l1_norms_, nc.anomaly_indices_)
+    assert nc.flagged_labels_ == [0]
+
+
+def test_pairs_option_runs_on_source_images(digits_bench):
+    b = digits_bench
+    nc = _fit(b.backdoored_model, b, n_images=0, steps=3, pairs="all", labels=[0, 1, 2])
+    assert sorted(nc.triggers_) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    assert nc.pairs_.shape == (6, 2) and nc.labels_.tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.isfinite(nc.reversed_attack_success_).all()
+
+
+# ---------------------------------------------------------------------- batching and options
+def test_batched_equals_one_label_at_a_time(digits_bench):
+    kw = dict(steps=15, labels=[0, 1, 2, 3])
+    batched = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, **kw)
+    single = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, label_chunk_size=1, **kw)
+    np.testing.assert_allclose(batched.l1_norms_, single.l1_norms_, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(batched.n_steps_, single.n_steps_)
+
+
+def test_n_jobs_does_not_change_result(digits_bench):
+    kw = dict(steps=5, labels=[0, 1, 2, 3], label_chunk_size=2)
+    one = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, **kw)
+    two = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, n_jobs=2, **kw)
+    np.testing.assert_allclose(one.l1_norms_, two.l1_norms_, rtol=1e-3, atol=1e-3)
+
+
+def test_random_state_repeatable_and_global_rng_untouched(digits_bench):
+    state = torch.get_rng_state()
+    np_state = np.random.get_state()[1].copy()
+    a = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, steps=4, labels=[0, 1, 2])
+    b = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, steps=4, labels=[0, 1, 2])
+    np.testing.assert_array_equal(a.l1_norms_, b.l1_norms_)
+    assert torch.equal(state, torch.get_rng_state())
+    np.testing.assert_array_equal(np_state, np.random.get_state()[1])
+
+
+def test_fast_mode_flags_target(digits_bench):
+    nc = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, mode="fast", fast_steps=5, fast_top_k=2,
+              fast_n_random=5)
+    assert nc.fully_optimized_.sum() == 7
+    assert nc.fully_optimized_[0]
+    assert nc.flagged_labels_ == [0]
+
+
+def test_restarts_report_spread(digits_bench):
+    nc = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, steps=10, n_restarts=2, labels=[0, 1, 2, 3])
+    assert nc.restart_anomaly_indices_.shape == (2,)
+    assert np.isfinite(nc.restart_anomaly_indices_).all()
+    # the kept trigger is the best of the restarts
+    assert nc.n_steps_.min() >= 2
+
+
+def test_without_labels_uses_predictions(digits_bench):
+    nc = NeuralCleanse(steps=3, labels=[0, 1, 2], random_state=0).fit(
+        digits_bench.backdoored_model, digits_bench.X_holdout)
+    assert nc.l1_norms_.shape == (3,)
+
+
+def test_clone_and_params():
+    nc = NeuralCleanse(steps=7, labels=[1, 2, 3])
+    assert clone(nc).get_params()["steps"] == 7
+
+
+def test_mad_anomaly_index_never_nan():
+    idx, median, mad = mad_anomaly_index([1.0, 1.0, 1.0, 0.5])
+    assert mad == 0 and not np.isnan(idx).any()
+    assert idx[-1] == np.inf and idx[0] == 0
+
+
+# ---------------------------------------------------------------------- errors
+def test_errors(digits_bench):
+    b = digits_bench
+    X = b.X_holdout
+    with pytest.raises(TypeError, match="white-box"):
+        NeuralCleanse().fit(MLPClassifier(max_iter=5).fit(X.reshape(len(X), -1), b.y_holdout), X)
+    with pytest.raises(ValueError, match="at least 3 labels"):
+        NeuralCleanse(labels=[0, 1]).fit(b.backdoored_model, X)
+    with pytest.raises(ValueError, match="labels"):
+        NeuralCleanse(labels=[0, 1, 12]).fit(b.backdoored_model, X)
+    with pytest.raises(ValueError, match="does not match the model"):
+        NeuralCleanse().fit(b.backdoored_model, np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        NeuralCleanse().fit(b.backdoored_model, np.full((4, 1, 8, 8), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 9\]"):
+        NeuralCleanse().fit(b.backdoored_model, X, np.full(len(X), 11))
+    with pytest.raises(ValueError, match="source != target"):
+        NeuralCleanse(pairs=[(1, 1), (1, 2), (1, 3)]).fit(b.backdoored_model, X)
+    with pytest.raises(ValueError, match="steps"):
+        NeuralCleanse(steps=0).fit(b.backdoored_model, X)
+
+
+def test_nan_logits_raise_clear_error():
+    class NaNNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 3)
+
+        def forward(self, x):
+            out = self.lin(x.flatten(1))
+            return out * torch.where(x.flatten(1)[:, :1] > 2, torch.nan, 1.0)
+
+    X = np.random.default_rng(0).random((12, 1, 8, 8), dtype=np.float32)
+    nc = NeuralCleanse(steps=50, random_state=0)
+    # data in [0, 1]: the pattern may reach values > 2 only if the data range allowed it,
+    # so feed a data range up to 3 to let stamped inputs produce NaN logits.
+    X[0, 0, 0, 0] = 3.0
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        nc.fit(NaNNet(), X, np.arange(12) % 3)
