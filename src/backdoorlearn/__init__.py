@@ -4,18 +4,34 @@ The public API is flat: ``from backdoorlearn import Trigger, BackdoorPoisoner``.
 """
 
 from . import datasets, metrics, models
-from .attacks import BackdoorPoisoner
+from .attacks import BackdoorPoisoner, PruningAwareAttack
 from .datasets import load_digits, make_backdoor_benchmark, make_traffic_signs
+from .detection import STRIPDetector
+from .ensemble import BimodelClassifier, GuardedClassifier
+from .detection import ActivationFilter
+from .inspection import NeuralCleanse
 from .models import ModelAdapter, SmallCNN, wrap_module
+from .repair import FinePruner, NeuronPruner, Unlearner
+from .training import AntiBackdoorLearner
 from .triggers import Trigger
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ActivationFilter",
+    "AntiBackdoorLearner",
     "BackdoorPoisoner",
+    "BimodelClassifier",
+    "FinePruner",
+    "GuardedClassifier",
     "ModelAdapter",
+    "NeuralCleanse",
+    "NeuronPruner",
+    "PruningAwareAttack",
     "SmallCNN",
+    "STRIPDetector",
     "Trigger",
+    "Unlearner",
     "datasets",
     "load_digits",
     "make_backdoor_benchmark",

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import time
 
+from ._abl import abl_rows
 from ._attack import attack_rows
+from ._bimodel import bimodel_rows
+from ._neural_cleanse import neural_cleanse_rows
+from ._repair import repair_rows
+from ._strip import strip_rows
 
 STEPS = [
     ("BadNets attack", attack_rows),
+    ("STRIP", strip_rows),
+    ("Neural Cleanse", neural_cleanse_rows),
+    ("repairs", repair_rows),
+    ("BBD", bimodel_rows),
+    ("ABL", abl_rows),
 ]
 
 _COLUMNS = ("step", "clean accuracy", "attack success", "detail")
