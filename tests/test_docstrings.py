@@ -31,10 +31,17 @@ IGNORED = {
 
 
 def _public_objects():
-    for name in backdoorlearn.__all__:
-        obj = getattr(backdoorlearn, name)
-        if inspect.isclass(obj) or inspect.isfunction(obj):
-            yield name, obj
+    import backdoorlearn.plotting
+
+    modules = [backdoorlearn, backdoorlearn.datasets, backdoorlearn.metrics, backdoorlearn.models,
+               backdoorlearn.plotting]
+    seen = set()
+    for module in modules:
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj not in seen:
+                seen.add(obj)
+                yield f"{module.__name__}.{name}", obj
 
 
 @pytest.mark.parametrize("name, obj", list(_public_objects()))

@@ -78,7 +78,7 @@ class Trigger:
 
     See Also
     --------
-    BackdoorPoisoner : poison a training set with triggers.
+    BackdoorPoisoner : Poison a training set with triggers.
 
     References
     ----------

@@ -37,6 +37,23 @@ def default_trigger(dataset, image_shape, attack="badnets"):
     digits, a 4x4 yellow-and-magenta checkerboard in the bottom-right corner
     (1 pixel from the border) of the 32x32 signs. ``"blend"``: a fixed
     uniform-noise image blended in with ``alpha=0.2`` (Chen et al., 2017).
+
+    Parameters
+    ----------
+    dataset : {"digits", "signs"}
+    image_shape : tuple of int
+        ``(C, H, W)`` of the images.
+    attack : {"badnets", "blend"}, default="badnets"
+
+    Returns
+    -------
+    trigger : Trigger
+
+    Examples
+    --------
+    >>> from backdoorlearn.datasets import default_trigger
+    >>> default_trigger("digits", (1, 8, 8))
+    Trigger('badnets', image_shape=(1, 8, 8), l1_norm=4)
     """
     c, h, w = image_shape
     if attack == "badnets":

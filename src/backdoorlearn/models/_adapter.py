@@ -57,7 +57,22 @@ def _model_kind(model, defense):
 
 @contextlib.contextmanager
 def eval_mode(module):
-    """Put ``module`` in eval mode for a block and restore every submodule's flag after."""
+    """Put ``module`` in eval mode for a block and restore every submodule's flag after.
+
+    Parameters
+    ----------
+    module : nn.Module
+
+    Examples
+    --------
+    >>> from backdoorlearn.models import SmallCNN, eval_mode
+    >>> net = SmallCNN().train()
+    >>> with eval_mode(net):
+    ...     print(net.training)
+    False
+    >>> net.training
+    True
+    """
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
@@ -395,6 +410,15 @@ def build_net(
     Returns
     -------
     net : skorch.NeuralNetClassifier
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from backdoorlearn.models import SmallCNN, build_net
+    >>> net = build_net(SmallCNN(1, 3), classes=range(3), max_epochs=1)
+    >>> X = np.random.default_rng(0).random((12, 1, 8, 8), dtype=np.float32)
+    >>> net.fit(X, np.arange(12) % 3).predict(X).shape
+    (12,)
     """
     from skorch import NeuralNetClassifier
 
@@ -458,7 +482,25 @@ def wrap_module(module, classes, *, device="cpu", **net_params):
 
 
 def model_fingerprint(model):
-    """SHA-256 of a model's state dict (torch module or skorch net), for "unchanged" checks."""
+    """SHA-256 of a model's state dict (torch module or skorch net), for "unchanged" checks.
+
+    Parameters
+    ----------
+    model : nn.Module or skorch.NeuralNet
+
+    Returns
+    -------
+    digest : str
+
+    Examples
+    --------
+    >>> from backdoorlearn.models import SmallCNN, model_fingerprint
+    >>> net = SmallCNN()
+    >>> before = model_fingerprint(net)
+    >>> _ = net.fc1.weight.data.mul_(2)
+    >>> model_fingerprint(net) == before
+    False
+    """
     module = ModelAdapter(model).module
     h = hashlib.sha256()
     for key, value in module.state_dict().items():

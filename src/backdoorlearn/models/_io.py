@@ -52,6 +52,15 @@ def load_weights(module, path, *, device="cpu", strict=True):
     Returns
     -------
     module : nn.Module
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from backdoorlearn.models import SmallCNN, load_weights, save_weights
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.pt")
+    >>> save_weights(SmallCNN(1, 10), path)
+    >>> load_weights(SmallCNN(1, 10), path).classifier.out_features
+    10
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module to load weights into; got {type(module).__name__}.")
