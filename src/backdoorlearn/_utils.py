@@ -205,8 +205,9 @@ class PrefitModelsMixin:
       reference: scikit-learn's own ``clone`` would turn a fitted skorch net
       or ``MLPClassifier`` into an unfitted one (as
       ``sklearn.frozen.FrozenEstimator`` avoids);
-    - ``get_params(deep=True)`` does not descend into them, so
-      ``set_params(model__lr=...)`` cannot reach into the user's model.
+    - ``get_params(deep=True)`` does not descend into them, and
+      ``set_params(model__lr=...)`` is refused, so nothing reaches into the
+      user's model.
     """
 
     _model_params = ()
@@ -219,6 +220,16 @@ class PrefitModelsMixin:
             if hasattr(self, attr):
                 setattr(new, attr, copy.deepcopy(getattr(self, attr)))
         return new
+
+    def set_params(self, **params):
+        for key in params:
+            head, nested, _ = key.partition("__")
+            if nested and head in self._model_params:
+                raise ValueError(
+                    f"Invalid parameter {key!r} for {type(self).__name__}: {head!r} holds a prefit "
+                    "model that defenses never modify; set its parameters on the model itself."
+                )
+        return super().set_params(**params)
 
     def get_params(self, deep=True):
         params = super().get_params(deep=False)
