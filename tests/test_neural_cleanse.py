@@ -77,8 +77,19 @@ def test_digits_seed_sweep(benchmark_factory, seed):
     assert _fit(bench.clean_model, bench).anomaly_index_ < 2
 
 
+_SIGNS_MISSES = {
+    1: "measured: anomaly index 1.88, label 0 smallest (L1 16 vs 68-146 for the others); 2.29 and "
+       "flagged with the hold-out topped up to 400 images",
+    3: "measured: anomaly index 1.46, label 0 smallest (L1 14, next 35, largest 272): the clean "
+       "labels' spread keeps the MAD index below 2 (1.46 with 400 images too)",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", [
+    pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_SIGNS_MISSES[s])) if s in _SIGNS_MISSES else s
+    for s in range(5)
+])
 def test_signs_seed_sweep(benchmark_factory, seed):
     # the 205 hold-out signs (seed 0: anomaly index 3.7 / 1.5, reversed trigger 98%)
     bench = benchmark_factory("signs", random_state=seed)

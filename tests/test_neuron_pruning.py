@@ -30,6 +30,9 @@ def _fit_and_check(bench):
     return p
 
 
+@pytest.mark.xfail(strict=True, reason="measured on signs seed 0 (benchmark trained with batch 32, lr 2e-3): "
+                   "pruning 21 of 64 penultimate neurons brings attack success to 2.4% but clean accuracy "
+                   "from 98.1% to 46.8% (seed 1: 8 neurons, 99.3% -> 85.6%); pruning conv3 instead: 31.3%")
 def test_neuron_pruning_target_signs(signs_bench):
     p = _fit_and_check(signs_bench)
     assert p.layer_ == "fc1" and p.target_labels_ == [signs_bench.target_label]
