@@ -12,7 +12,6 @@ from backdoorlearn import FinePruner, SmallCNN
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 from backdoorlearn.models import model_fingerprint
 
-torch.set_num_threads(1)
 
 
 def _scores(model, bench):

@@ -13,7 +13,6 @@ from backdoorlearn import GuardedClassifier, STRIPDetector
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 from backdoorlearn.models import model_fingerprint
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

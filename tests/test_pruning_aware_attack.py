@@ -8,7 +8,6 @@ from backdoorlearn import FinePruner, PruningAwareAttack, SmallCNN, Trigger
 from backdoorlearn.attacks import PruningAwareAttack as FromAttacks
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 
-torch.set_num_threads(1)
 
 
 def _scores(model, bench):

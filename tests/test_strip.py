@@ -16,7 +16,6 @@ from backdoorlearn import STRIPDetector
 from backdoorlearn.metrics import FAR_SCORER, false_acceptance_rate, false_rejection_rate
 from backdoorlearn.models import model_fingerprint
 
-torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------- black boxes for exact checks

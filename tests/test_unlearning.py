@@ -2,14 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 
 from backdoorlearn import NeuralCleanse, Trigger, Unlearner
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 from backdoorlearn.models import model_fingerprint
 
-torch.set_num_threads(1)
 
 
 def _scores(model, bench):
