@@ -319,6 +319,56 @@ class Trigger:
         return f"Trigger({name}image_shape={self.image_shape}, l1_norm={self.l1_norm:.4g})"
 
 
+def is_neural_cleanse(obj):
+    """True for a fitted NeuralCleanse (duck-typed: it has ``triggers_`` and ``flagged_labels_``)."""
+    return hasattr(obj, "triggers_") and hasattr(obj, "flagged_labels_")
+
+
+def resolve_triggers(triggers, *, caller, image_shape=None):
+    """``triggers`` as a list of ``(Trigger, target_label or None)`` pairs.
+
+    Accepts a :class:`~backdoorlearn.Trigger`, a list of them, a dict
+    ``{target_label: Trigger}`` or a fitted ``NeuralCleanse`` (its flagged
+    labels' reversed triggers, or its flagged source -> target pairs' ones).
+    An empty list means nothing was flagged. The one place that reads the
+    ``triggers`` argument of the repairs and the activation filter.
+    """
+    if is_neural_cleanse(triggers):
+        if getattr(triggers, "flagged_pairs_", None):  # source -> target mode
+            pairs = [(triggers.triggers_[p], int(p[1])) for p in triggers.flagged_pairs_]
+        else:
+            pairs = [(triggers.triggers_[int(k)], int(k)) for k in np.asarray(triggers.flagged_labels_).ravel()]
+    elif hasattr(triggers, "fit") and hasattr(triggers, "get_params"):
+        raise ValueError(
+            f"triggers in {caller} is a {type(triggers).__name__} that is not fitted; a fitted "
+            "NeuralCleanse is needed (note that sklearn.clone drops fitted state): fit it first, "
+            "or pass its triggers as a dict "
+            "{label: nc.triggers_[label] for label in nc.flagged_labels_}."
+        )
+    elif isinstance(triggers, Trigger):
+        pairs = [(triggers, None)]
+    elif isinstance(triggers, dict):
+        pairs = [(t, int(k)) for k, t in triggers.items()]
+    elif isinstance(triggers, (list, tuple)) and len(triggers) > 0:
+        pairs = [(t, None) for t in triggers]
+    else:
+        raise TypeError(
+            f"triggers in {caller} must be a Trigger, a non-empty list of Trigger, a dict "
+            f"{{target_label: Trigger}} or a fitted NeuralCleanse; got {type(triggers).__name__}."
+        )
+    for t, _ in pairs:
+        if not isinstance(t, Trigger):
+            raise TypeError(f"triggers in {caller} must hold Trigger objects; got {type(t).__name__}.")
+        if image_shape is not None:
+            c, h, w = image_shape
+            if t.mask.shape[1:] != (h, w) or t.pattern.shape[0] not in (1, c) or t.mask.shape[0] not in (1, c):
+                raise ValueError(
+                    f"triggers in {caller} must fit images of shape {tuple(image_shape)}; got a "
+                    f"trigger with mask {t.mask.shape} and pattern {t.pattern.shape}."
+                )
+    return pairs
+
+
 def _image_shape(image_shape):
     shape = tuple(int(s) for s in image_shape)
     if len(shape) == 2:

@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from .._docstring import fill_doc
 from .._utils import check_images
 from ..models import ModelAdapter
-from ..triggers import Trigger
+from ..triggers import Trigger, resolve_triggers
 from ._base import BaseDetector
 
 __all__ = ["ActivationFilter"]
@@ -142,24 +142,11 @@ class ActivationFilter(BaseDetector):
 
     def _resolve_triggers(self):
         name = type(self).__name__
-        trig = self.triggers
-        if isinstance(trig, Trigger):
-            return [trig]
-        if isinstance(trig, (list, tuple)):
-            if not trig or not all(isinstance(t, Trigger) for t in trig):
-                raise ValueError(f"triggers in {name} must be a Trigger, a non-empty list of Trigger "
-                                 f"or a fitted NeuralCleanse; got {trig!r}.")
-            return list(trig)
-        flagged = getattr(trig, "flagged_labels_", None)
-        if flagged is None:
-            raise ValueError(f"triggers in {name} must be a fitted NeuralCleanse when it is an "
-                             f"estimator; got an unfitted {type(trig).__name__}.")
-        if not flagged:
+        triggers = [t for t, _ in resolve_triggers(self.triggers, caller=name)]
+        if not triggers:
             raise ValueError(f"triggers in {name}: the NeuralCleanse given flagged no label, so "
                              "there is no backdoor trigger to filter; pass a Trigger instead.")
-        if getattr(trig, "flagged_pairs_", None):
-            return [trig.triggers_[p] for p in trig.flagged_pairs_]
-        return [trig.triggers_[label] for label in flagged]
+        return triggers
 
     def _activations(self, adapter, X):
         act = adapter.activations(X, self.layer_, batch_size=self.batch_size)

@@ -19,7 +19,6 @@ from torch import nn
 
 from .._utils import check_images, check_labels, seeded
 from ..models import ModelAdapter, build_net
-from ..triggers import Trigger
 
 __all__ = ["UnitMask", "zero_units"]
 
@@ -167,47 +166,4 @@ def fine_tune(module, X, y, classes, *, epochs, lr, batch_size, device, seed, ve
         if epochs > 0:
             net.partial_fit(X, y)
     return net
-
-
-def is_neural_cleanse(obj):
-    return hasattr(obj, "triggers_") and hasattr(obj, "flagged_labels_")
-
-
-def resolve_triggers(triggers, *, caller, image_shape=None):
-    """``triggers`` as a list of ``(Trigger, target_label or None)`` pairs.
-
-    Accepts a :class:`~backdoorlearn.Trigger`, a list of them, a dict
-    ``{target_label: Trigger}`` or a fitted ``NeuralCleanse`` (its flagged
-    labels' reversed triggers). An empty list means nothing was flagged.
-    """
-    if is_neural_cleanse(triggers):
-        pairs = [(triggers.triggers_[int(k)], int(k)) for k in np.asarray(triggers.flagged_labels_).ravel()]
-    elif hasattr(triggers, "fit") and hasattr(triggers, "get_params"):
-        raise ValueError(
-            f"triggers in {caller} is a {type(triggers).__name__} that is not fitted (note that "
-            "sklearn.clone drops fitted state): fit it first, or pass its triggers as a dict "
-            "{label: nc.triggers_[label] for label in nc.flagged_labels_}."
-        )
-    elif isinstance(triggers, Trigger):
-        pairs = [(triggers, None)]
-    elif isinstance(triggers, dict):
-        pairs = [(t, int(k)) for k, t in triggers.items()]
-    elif isinstance(triggers, (list, tuple)) and len(triggers) > 0:
-        pairs = [(t, None) for t in triggers]
-    else:
-        raise TypeError(
-            f"triggers in {caller} must be a Trigger, a non-empty list of Trigger, a dict "
-            f"{{target_label: Trigger}} or a fitted NeuralCleanse; got {type(triggers).__name__}."
-        )
-    for t, _ in pairs:
-        if not isinstance(t, Trigger):
-            raise TypeError(f"triggers in {caller} must hold Trigger objects; got {type(t).__name__}.")
-        if image_shape is not None:
-            c, h, w = image_shape
-            if t.mask.shape[1:] != (h, w) or t.pattern.shape[0] not in (1, c) or t.mask.shape[0] not in (1, c):
-                raise ValueError(
-                    f"triggers in {caller} must fit images of shape {tuple(image_shape)}; got a "
-                    f"trigger with mask {t.mask.shape} and pattern {t.pattern.shape}."
-                )
-    return pairs
 

@@ -21,10 +21,10 @@ from ._base import (
     masked_units,
     prepare,
     resolve_layer,
-    resolve_triggers,
     unit_activations,
     zero_units,
 )
+from ..triggers import resolve_triggers
 
 __all__ = ["NeuronPruner"]
 

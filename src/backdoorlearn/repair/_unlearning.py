@@ -13,7 +13,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._docstring import fill_doc
 from .._utils import check_images, torch_seed
-from ._base import fine_tune, prepare, resolve_triggers
+from ..triggers import resolve_triggers
+from ._base import fine_tune, prepare
 
 __all__ = ["Unlearner"]
 
