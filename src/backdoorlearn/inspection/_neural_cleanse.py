@@ -92,7 +92,8 @@ class NeuralCleanse(BaseEstimator):
     steps : int, default=100
         Most optimization steps per trigger. One step is one pass over the
         defender's images in mini-batches of ``batch_size`` (the reference's
-        "epoch"); the cost schedule and early stopping act once per step.
+        "epoch"; see ``samples_per_step``); the cost schedule and early
+        stopping act once per step.
     attack_success_threshold : float, default=0.99
         Attack success a reversed trigger must reach (on the mini-batches of
         a step) to count.
@@ -143,6 +144,13 @@ class NeuralCleanse(BaseEstimator):
     batch_size : int, default=32
         Images per trigger in each mini-batch (a forward pass holds up to
         ``label_chunk_size * batch_size`` images).
+    samples_per_step : int, default=None
+        Images drawn per step (rounded up to whole mini-batches). ``None``
+        is one pass over ``X``. The reference's GTSRB example draws 1000 per
+        step whatever the data size, so with a few hundred defender images
+        its cost schedule moves several times slower; ``1000`` reproduces
+        that cadence at several times the cost (on the signs benchmark,
+        seed 1: anomaly index 2.26 instead of 1.88, 211 s instead of ~45 s).
     %(device)s
     %(n_jobs)s
         Chunks of labels are dispatched to the jobs; seeds are drawn before
@@ -201,7 +209,10 @@ class NeuralCleanse(BaseEstimator):
     batches (the reference uses every image); with ``y`` the true labels
     decide. The triggers of a chunk are optimized as one ``(K, ...)`` tensor
     with a separate cost schedule each; a trigger that stops early leaves the
-    batch.
+    batch. The fit's copy of the model runs in the channels-last memory
+    layout when it gives the same outputs that way (CPU pooling kernels are
+    several times faster on it, most of all for large batches); a model that
+    cannot, e.g. one calling ``view`` on a feature map, keeps its layout.
 
     References
     ----------
@@ -241,6 +252,7 @@ class NeuralCleanse(BaseEstimator):
         "n_restarts": [Interval(numbers.Integral, 1, None, closed="left")],
         "label_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "samples_per_step": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "device": [str, None],
         "n_jobs": [numbers.Integral, None],
         "random_state": ["random_state"],
@@ -250,8 +262,8 @@ class NeuralCleanse(BaseEstimator):
     def __init__(self, init_cost=1e-3, lr=0.1, steps=100, attack_success_threshold=0.99, patience=5,
                  cost_multiplier=1.5, early_stop_patience=None, labels=None, pairs=None, mode="full",
                  fast_steps=10, fast_top_k=None, fast_n_random=None, anomaly_threshold=2.0,
-                 n_restarts=1, label_chunk_size=None, batch_size=32, device="cpu", n_jobs=None,
-                 random_state=None, verbose=0):
+                 n_restarts=1, label_chunk_size=None, batch_size=32, samples_per_step=None,
+                 device="cpu", n_jobs=None, random_state=None, verbose=0):
         self.init_cost = init_cost
         self.lr = lr
         self.steps = steps
@@ -269,6 +281,7 @@ class NeuralCleanse(BaseEstimator):
         self.n_restarts = n_restarts
         self.label_chunk_size = label_chunk_size
         self.batch_size = batch_size
+        self.samples_per_step = samples_per_step
         self.device = device
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -318,6 +331,7 @@ class NeuralCleanse(BaseEstimator):
         seeds = rng.randint(0, 2**31 - 1, size=(self.n_restarts, n_cand))
         module, log_output = self._runtime(adapter)
         cfg = self._config(X, pools)
+        cfg["memory_format"] = self._memory_format(module, X, adapter.device)
         run = dict(module=module, log_output=log_output, X=X, cfg=cfg, device=adapter.device)
 
         n_steps = np.zeros(n_cand, dtype=np.int64)
@@ -451,6 +465,34 @@ class NeuralCleanse(BaseEstimator):
             p.requires_grad_(False)
         return module, work.outputs_probabilities
 
+    @staticmethod
+    def _memory_format(module, X, device):
+        """``torch.channels_last`` when the model gives the same output with it, else None.
+
+        CPU pooling kernels run up to 10x faster on channels-last feature maps
+        of small images, and large batches gain most: this is what makes the
+        batched optimization pay on a CPU. A model that cannot take it (a
+        ``view`` on a feature map, a non-4-D input) or answers differently
+        keeps the contiguous layout; the module is the fit's own copy.
+        """
+        import torch
+
+        if X.ndim != 4:
+            return None
+        x = torch.from_numpy(np.ascontiguousarray(X[:4])).to(device)
+        with torch.no_grad():
+            ref = module(x)
+            try:
+                module.to(memory_format=torch.channels_last)
+                out = module(x.contiguous(memory_format=torch.channels_last))
+                same = out.shape == ref.shape and bool(torch.allclose(out, ref, rtol=1e-4, atol=1e-5))
+            except RuntimeError:
+                same = False
+            if not same:
+                module.to(memory_format=torch.contiguous_format)
+                return None
+        return torch.channels_last
+
     def _config(self, X, pools):
         lo = min(0.0, float(X.min()))
         hi = max(1.0, float(X.max()))
@@ -458,7 +500,8 @@ class NeuralCleanse(BaseEstimator):
         # One step = as many mini-batches as one pass over X takes: the same cadence for
         # the cost schedule whether a trigger's pool is all other labels or one source.
         return dict(
-            steps=self.steps, batch=batch, batches_per_step=max(1, math.ceil(len(X) / self.batch_size)),
+            steps=self.steps, batch=batch,
+            batches_per_step=max(1, math.ceil((self.samples_per_step or len(X)) / self.batch_size)),
             lr=float(self.lr), betas=(0.5, 0.9), init_cost=float(self.init_cost),
             threshold=float(self.attack_success_threshold), patience=int(self.patience),
             multiplier_up=float(self.cost_multiplier),
