@@ -37,21 +37,74 @@ def _check_target(pruner, bench):
     assert acc0 - acc <= 0.03, f"clean accuracy {acc0:.3f} -> {acc:.3f}"
 
 
-@pytest.mark.xfail(strict=True, reason="measured on digits seed 0: clean accuracy 97.6% -> 93.8% and "
-                   "attack success 17.8% (123 defender images; the backdoor lives in the most "
-                   "active channels, pruning alone leaves it at 99.8%)")
 def test_fine_pruning_target_digits(digits_fp, digits_bench):
+    # The backdoor lives in the channels clean data keep active (pruning alone
+    # leaves 99.8% attack success); the fine-tuning's noise and weight decay
+    # remove it. Measured on digits seed 0: 97.6% -> 95.8% clean accuracy,
+    # attack success 0.2%.
     _check_target(digits_fp, digits_bench)
 
 
-def test_fine_pruning_weight_decay_removes_backdoor_digits(digits_bench):
-    # What weight decay reaches on digits: the backdoor is gone, at a larger accuracy cost.
+# The former recipe: 30 epochs at a constant rate, no smoothing, augmentation or decay.
+_PLAIN = dict(fine_tune_epochs=30, lr_schedule="constant", label_smoothing=0.0, max_shift=0, noise_std=0.0,
+              weight_decay=0.0)
+
+
+def test_plain_fine_tuning_leaves_the_digits_backdoor(digits_bench):
+    # Measured on digits seed 0: 93.8% clean accuracy, 17.8% attack success.
     b = digits_bench
-    pruner = FinePruner(weight_decay=0.3, random_state=0).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+    pruner = FinePruner(random_state=0, **_PLAIN).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+    _, asr = _scores(pruner.repaired_model_, b)
+    assert asr >= 0.10
+
+
+def test_fine_pruning_weight_decay_removes_backdoor_digits(digits_bench):
+    # What weight decay reaches with the plain recipe: the backdoor is gone, at a larger accuracy cost.
+    b = digits_bench
+    pruner = FinePruner(random_state=0, **{**_PLAIN, "weight_decay": 0.3}).fit(b.backdoored_model, b.X_holdout,
+                                                                               b.y_holdout)
     acc0, _ = _scores(b.backdoored_model, b)
     acc, asr = _scores(pruner.repaired_model_, b)
     assert asr <= 0.05
     assert acc0 - acc <= 0.08
+
+
+def test_shift_or_noise_augmentation():
+    from backdoorlearn._utils import seeded
+    from backdoorlearn.repair._base import ShiftOrNoise
+
+    X = np.random.default_rng(0).random((64, 2, 6, 6), dtype=np.float32)
+    batch = [(x, np.int64(i % 3)) for i, x in enumerate(X)]
+    with seeded(0):
+        shifted, yb = ShiftOrNoise(max_shift=1, noise_std=0.0)(batch)
+    assert yb.tolist() == [i % 3 for i in range(64)]
+    padded = np.pad(X, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for x, p, s in zip(X, padded, shifted.numpy()):
+        # every image is one of its 9 translations by at most a pixel (zero fill)
+        assert any(np.array_equal(s, p[:, i:i + 6, j:j + 6]) for i in range(3) for j in range(3))
+    assert not np.array_equal(shifted.numpy(), X)
+    with seeded(0):
+        noisy, _ = ShiftOrNoise(max_shift=0, noise_std=0.3, noise_prob=0.5)(batch)
+    changed = ~np.all(np.isclose(noisy.numpy(), X), axis=(1, 2, 3))
+    assert 0.25 < changed.mean() < 0.75
+    assert np.std(noisy.numpy()[changed] - X[changed]) == pytest.approx(0.3, rel=0.1)
+    with seeded(0):
+        again, _ = ShiftOrNoise(max_shift=0, noise_std=0.3, noise_prob=0.5)(batch)
+    assert torch.equal(noisy, again)
+    with seeded(0):
+        same, _ = ShiftOrNoise(max_shift=0, noise_std=0.0)(batch)
+    assert np.array_equal(same.numpy(), X)
+
+
+def test_fine_tuning_setup_is_not_kept(digits_fp):
+    # The repaired net trains further as a plain net: AdamW at lr, the data as
+    # given; only the pruning mask stays.
+    net = digits_fp.repaired_model_
+    assert net.iterator_train__collate_fn is None
+    assert net.criterion_.label_smoothing == 0.0
+    assert {name for name, _ in net.callbacks} == {"prune_mask"}
+    assert "prune_mask" in dict(net.callbacks_) and "lr_schedule" not in dict(net.callbacks_)
+    assert all(g["lr"] == digits_fp.lr for g in net.optimizer_.param_groups)
 
 
 def test_fine_pruning_target_signs(signs_bench):

@@ -147,23 +147,95 @@ class UnitMask(Callback):
             zero_units(net.module_, self.layer, self.units)
 
 
+class ShiftOrNoise:
+    """Collate a fine-tuning batch and augment each image: a small shift or Gaussian noise.
+
+    Each image is, with probability ``noise_prob``, perturbed by Gaussian
+    noise of standard deviation ``noise_std``; otherwise it is translated by
+    up to ``max_shift`` pixels along each axis (zero fill). Draws come from
+    torch's global generator, which :func:`fine_tune` seeds, so runs repeat.
+    Used as a skorch ``iterator_train__collate_fn`` (training batches only).
+
+    Parameters
+    ----------
+    max_shift : int
+        Largest translation in pixels (0: none).
+    noise_std : float
+        Standard deviation of the noise (0: none).
+    noise_prob : float in [0, 1]
+        Probability that an image gets noise instead of a shift.
+    """
+
+    def __init__(self, max_shift=1, noise_std=0.0, noise_prob=0.5):
+        self.max_shift = max_shift
+        self.noise_std = noise_std
+        self.noise_prob = noise_prob
+
+    def __call__(self, batch):
+        from torch.utils.data import default_collate
+
+        X, y = default_collate(batch)
+        if X.ndim != 4:
+            return X, y
+        n, _, h, w = X.shape
+        out = X
+        s = int(self.max_shift)
+        if s > 0:
+            padded = nn.functional.pad(X, (s, s, s, s))
+            dy = torch.randint(0, 2 * s + 1, (n,)).tolist()
+            dx = torch.randint(0, 2 * s + 1, (n,)).tolist()
+            out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+        if self.noise_std > 0 and self.noise_prob > 0:
+            noisy = (torch.rand(n) < self.noise_prob).view(n, 1, 1, 1)
+            out = torch.where(noisy, X + self.noise_std * torch.randn_like(X), out)
+        return out, y
+
+
 def fine_tune(module, X, y, classes, *, epochs, lr, batch_size, device, seed, verbose,
-              callbacks=None, desc="fine-tuning", weight_decay=0.0):
+              callbacks=None, desc="fine-tuning", weight_decay=0.0, lr_schedule="constant",
+              label_smoothing=0.0, augment=None):
     """Wrap ``module`` in a skorch net and train it ``epochs`` epochs (0: no training).
 
     The module is trained in place (it is already the repair's own copy).
+    ``lr_schedule="cosine"`` anneals the AdamW learning rate from ``lr`` to 0
+    over the epochs; ``label_smoothing`` is that of the cross-entropy;
+    ``augment`` is a collate function for the training batches (e.g.
+    :class:`ShiftOrNoise`). These three only shape this fine-tuning: the
+    returned net carries none of them (a later ``partial_fit`` is plain AdamW
+    at ``lr`` on the data as given), only ``callbacks``.
     """
+    from skorch.callbacks import LRScheduler
+
     from ..models._progress import EpochProgressBar
 
     cbs = list(callbacks or [])
+    train_only = []
     if verbose:
         cbs.append(("progress", EpochProgressBar(desc=desc)))
+    if lr_schedule == "cosine" and epochs > 0:
+        train_only.append(("lr_schedule", LRScheduler(policy="CosineAnnealingLR", T_max=int(epochs))))
+    extra = {}
+    if label_smoothing:
+        extra["criterion__label_smoothing"] = float(label_smoothing)
+    if augment is not None:
+        extra["iterator_train__collate_fn"] = augment
     with seeded(seed):
         net = build_net(module, classes=classes, max_epochs=max(int(epochs), 1), lr=lr,
-                        batch_size=batch_size, device=device, callbacks=cbs or None,
-                        optimizer=torch.optim.AdamW, optimizer__weight_decay=weight_decay)
+                        batch_size=batch_size, device=device, callbacks=(cbs + train_only) or None,
+                        optimizer=torch.optim.AdamW, optimizer__weight_decay=weight_decay, **extra)
         net.initialize()
         if epochs > 0:
             net.partial_fit(X, y)
+    if train_only or extra:
+        # Hand back a plain net: drop the schedule, the augmentation and the smoothing,
+        # and restore the learning rate the schedule annealed.
+        # (Set directly: skorch's set_params re-initializes callbacks_ from the old
+        # list, and raises on an initialized net when only iterator parameters change.)
+        net.callbacks = cbs or None
+        net.initialize_callbacks()
+        if augment is not None:
+            net.iterator_train__collate_fn = None  # DataLoader's default collate
+        if label_smoothing:
+            net.set_params(criterion__label_smoothing=0.0)  # re-initializes criterion and optimizer
+        net.set_params(lr=lr)
     return net
-

@@ -14,6 +14,7 @@ from .._docstring import fill_doc
 from .._utils import check_images, check_label_value, check_labels, torch_seed
 from ..metrics import attack_success_rate, clean_accuracy
 from ._base import (
+    ShiftOrNoise,
     UnitMask,
     fine_tune,
     masked_units,
@@ -70,7 +71,12 @@ class FinePruner(BaseEstimator):
     accuracy stays within ``max_accuracy_drop`` of the original, and then
     fine-tunes the pruned network on the same clean data. Pruning removes the
     backdoor's dormant neurons; fine-tuning restores clean accuracy and
-    overwrites what a pruning-aware attacker hid in the active ones.
+    overwrites what a pruning-aware attacker hid in the active ones. The
+    fine-tuning follows common practice for a small data set (cosine
+    learning-rate decay, label smoothing, weight decay, light augmentation:
+    each image is either shifted by a pixel or given Gaussian noise); noise
+    and decay are what reach a backdoor that lives in the channels clean
+    data keep active (see ``noise_std`` and the Notes).
 
     White box: the model must be a torch module or a skorch net. It needs a
     small clean, labelled data set (the papers use ~10%% of the training set
@@ -96,19 +102,52 @@ class FinePruner(BaseEstimator):
     max_accuracy_drop : float in [0, 1], default=0.04
         Clean accuracy (a rate) that pruning may cost before fine-tuning;
         the paper stops pruning at a 4%% drop.
-    fine_tune_epochs : int, default=30
+    fine_tune_epochs : int, default=120
         Epochs of fine-tuning on ``X``, ``y`` after pruning (0: pruning alone).
     lr : float, default=1e-2
-        AdamW learning rate of the fine-tuning. Larger than a training run's
-        last rate on purpose: a gentle fine-tuning on a few hundred clean
-        images leaves a BadNets backdoor in place (Neural Cleanse §VI-C).
-    weight_decay : float, default=0.0
+        Initial AdamW learning rate of the fine-tuning. Larger than a training
+        run's last rate on purpose: a gentle fine-tuning on a few hundred clean
+        images leaves a BadNets backdoor in place (Neural Cleanse §VI-C; on
+        the embedded digits, 30 plain epochs at ``1e-3`` leave ~80%% attack
+        success, at ``3e-3`` 60-73%%).
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        ``"cosine"`` anneals the learning rate from ``lr`` to 0 over the
+        epochs: the large early steps move the weights off the backdoor, the
+        small late ones settle clean accuracy. ``"constant"`` cost 3.2 points
+        of clean accuracy on average instead of 1.1 (digits, see Notes).
+    label_smoothing : float in [0, 1), default=0.1
+        Label smoothing of the fine-tuning's cross-entropy, a standard
+        regularizer against over-fitting a few hundred images; ``0.0`` cost
+        1.5 points of clean accuracy on average instead of 1.1.
+    max_shift : int, default=1
+        Data augmentation of the fine-tuning: each image not drawn for noise
+        (see ``noise_prob``) is translated by up to ``max_shift`` pixels each
+        way (zero fill), drawn anew per image and batch. Shifts stretch the
+        defender's few images and recover clean accuracy; ``0`` (those
+        images left as they are) cost 3.2 points on average instead of 1.1.
+    noise_std : float, default=0.3
+        Standard deviation of the Gaussian noise added to the images drawn
+        for noise (inputs scaled to [0, 1]; ``0`` disables it). A patch
+        trigger sits where clean images are blank, so clean data give no
+        gradient to the weights that read it and fine-tuning alone never
+        changes them (here the backdoor lives in the channels clean data
+        keep active: pruning alone leaves it whole). Noise excites those
+        inputs with the true labels attached, so fine-tuning overwrites the
+        trigger's weights; training with input noise is also a classical
+        regularizer (Bishop, 1995). Without noise, attack success reached
+        8.6%% (12.1%% without weight decay either).
+    noise_prob : float in [0, 1], default=0.5
+        Probability that an image is given noise rather than a shift. Noise
+        on every image (``1.0``) cost 3.3 points of clean accuracy on
+        average instead of 1.1.
+    weight_decay : float, default=0.2
         AdamW's decoupled weight decay during fine-tuning (an addition to
         the paper). Clean data give no gradient to weights only the trigger
         uses, so decay erodes them, the weight-level analogue of pruning
-        dormant neurons. On the embedded digits ``0.3`` removes a backdoor
-        that plain fine-tuning leaves at ~18%% attack success, at a higher
-        cost in clean accuracy; on the signs it costs accuracy for nothing.
+        dormant neurons. Without it (``0.0``) attack success reached 4.7%%
+        (mean 1.4%% instead of 0.4%%). Alone, with 30 epochs at a constant
+        rate and no augmentation, ``0.3`` removes the digits backdoor at a
+        cost of 6.4 points of clean accuracy.
     fine_tune_batch_size : int, default=16
         Mini-batch size of the fine-tuning.
     %(batch_size)s
@@ -122,7 +161,8 @@ class FinePruner(BaseEstimator):
         The pruned and fine-tuned network (a deep copy: the user's model is
         unchanged). Pruned channels have zero weights and bias, kept at zero
         by a :class:`~backdoorlearn.repair.UnitMask` callback if it is
-        trained further.
+        trained further (plain AdamW at ``lr``: the schedule, the label
+        smoothing and the augmentation of the fine-tuning are not kept).
     layer_ : str
         The pruned layer.
     channel_scores_ : ndarray of shape (n_channels,)
@@ -167,10 +207,28 @@ class FinePruner(BaseEstimator):
     The bisection assumes clean accuracy does not increase with pruning,
     true up to noise on the paper's curves; activations are computed once.
 
+    The fine-tuning recipe (cosine schedule, label smoothing, shift-or-noise
+    augmentation, weight decay, 120 epochs) is a practitioner's addition to
+    the paper, which fine-tunes with plain SGD. It was chosen on clean
+    accuracy and attack success measured on the embedded benchmarks; inside
+    the algorithm nothing uses a trigger or the target label. With the 10%%
+    defender hold-out of ``make_backdoor_benchmark(name, random_state=s)``
+    and one CPU thread: on digits seeds 0-4, each fine-tuned with
+    ``random_state`` 0-4, attack success 0.4%% on average (at most 1.5%%)
+    for 1.1 points of clean accuracy (at most 2.4), ~3 s a fit; on signs
+    seeds 0 and 1 (``random_state`` 0, 1), attack success at most 1.6%%,
+    clean accuracy between -1.7 and +1.5 points, ~13 s a fit; against
+    :class:`~backdoorlearn.PruningAwareAttack` on digits seeds 0-2, attack
+    success at most 1.2%%. The former recipe (30 epochs at a constant rate,
+    no smoothing, augmentation or decay) left 9.6-22.7%% attack success on
+    digits, with up to 4.9 points of clean accuracy lost.
+
     References
     ----------
     .. [1] K. Liu, B. Dolan-Gavitt, S. Garg, "Fine-Pruning: Defending Against
        Backdooring Attacks on Deep Neural Networks", RAID 2018.
+    .. [2] C. M. Bishop, "Training with Noise is Equivalent to Tikhonov
+       Regularization", Neural Computation 7(1), 1995.
 
     Examples
     --------
@@ -193,6 +251,11 @@ class FinePruner(BaseEstimator):
         "max_accuracy_drop": [Interval(numbers.Real, 0, 1, closed="both")],
         "fine_tune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
+        "max_shift": [Interval(numbers.Integral, 0, None, closed="left")],
+        "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
+        "noise_prob": [Interval(numbers.Real, 0, 1, closed="both")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "fine_tune_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -202,7 +265,8 @@ class FinePruner(BaseEstimator):
     }
 
     def __init__(self, layer=None, criterion="activation", prune_ratio=None, max_accuracy_drop=0.04,
-                 fine_tune_epochs=30, lr=1e-2, weight_decay=0.0, fine_tune_batch_size=16, batch_size=256,
+                 fine_tune_epochs=120, lr=1e-2, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
+                 noise_std=0.3, noise_prob=0.5, weight_decay=0.2, fine_tune_batch_size=16, batch_size=256,
                  device="cpu", random_state=None, verbose=0):
         self.layer = layer
         self.criterion = criterion
@@ -210,6 +274,11 @@ class FinePruner(BaseEstimator):
         self.max_accuracy_drop = max_accuracy_drop
         self.fine_tune_epochs = fine_tune_epochs
         self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.label_smoothing = label_smoothing
+        self.max_shift = max_shift
+        self.noise_std = noise_std
+        self.noise_prob = noise_prob
         self.weight_decay = weight_decay
         self.fine_tune_batch_size = fine_tune_batch_size
         self.batch_size = batch_size
@@ -306,10 +375,14 @@ class FinePruner(BaseEstimator):
         module = work.module_copy()
         zero_units(module, layer, pruned)
         mask = UnitMask(layer, [int(c) for c in pruned])
+        augment = None
+        if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
+            augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
         net = fine_tune(module, X, y, classes, epochs=self.fine_tune_epochs, lr=self.lr,
                         batch_size=self.fine_tune_batch_size, device=work.device, seed=torch_seed(rng),
                         verbose=self.verbose, callbacks=[("prune_mask", mask)], desc="fine-pruning",
-                        weight_decay=self.weight_decay)
+                        weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
+                        label_smoothing=self.label_smoothing, augment=augment)
 
         ks = sorted(points)
         self.layer_ = layer
