@@ -24,7 +24,7 @@ from backdoorlearn.repair import FinePruner
 
 bench = make_backdoor_benchmark("digits", random_state=0)
 backdoored = bench.backdoored_model
-pruner = FinePruner(weight_decay=0.3, fine_tune_epochs=60, random_state=0)
+pruner = FinePruner(random_state=0)
 repaired = pruner.fit(backdoored, bench.X_holdout, bench.y_holdout).repaired_model_
 
 for name, model in (("backdoored", backdoored), ("fine-pruned", repaired)):

@@ -17,14 +17,9 @@ from backdoorlearn.repair import FinePruner
 
 @pytest.fixture(scope="module")
 def repaired(digits_bench):
-    """The paper's repair: fine-pruning on the defender's clean hold-out.
-
-    Weight decay during fine-tuning (FinePruner's addition to the paper) is
-    what removes the digits backdoor; plain fine-pruning leaves ~18% attack
-    success, which BBD would pass through.
-    """
+    """The paper's repair: fine-pruning on the defender's clean hold-out, FinePruner's defaults."""
     b = digits_bench
-    pruner = FinePruner(weight_decay=0.3, fine_tune_epochs=60, random_state=0)
+    pruner = FinePruner(random_state=0)
     return pruner.fit(b.backdoored_model, b.X_holdout, b.y_holdout).repaired_model_
 
 
@@ -65,16 +60,22 @@ def test_untargeted_mode_stops_the_attack(digits_bench, repaired):
     assert asr <= 0.01
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured on digits seed 0: the fine-pruned model (89.6% clean accuracy, trained on "
-    "123 clean images) disagrees with the backdoored one on 10.7% of clean inputs, so "
-    "untargeted BBD rejects 10.7% of them and scores 93.8%; targeted mode meets both"))
-def test_untargeted_mode_clean_rejection_and_accuracy(digits_bench, repaired):
+def test_untargeted_mode_accuracy(digits_bench, repaired):
     b = digits_bench
     bbd = BimodelClassifier(b.backdoored_model, repaired).fit(b.X_holdout, b.y_holdout)
-    frr, _, acc, _ = _figures(bbd, b)
-    assert frr <= 0.02
+    _, _, acc, _ = _figures(bbd, b)
     assert acc >= 0.95
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured on digits seed 0: the fine-pruned model (95.8% clean accuracy, fine-tuned on "
+    "123 clean images) disagrees with the backdoored one on 4.9% of clean inputs, so "
+    "untargeted BBD rejects 4.9% of them; targeted mode rejects none"))
+def test_untargeted_mode_clean_rejection(digits_bench, repaired):
+    b = digits_bench
+    bbd = BimodelClassifier(b.backdoored_model, repaired).fit(b.X_holdout, b.y_holdout)
+    frr, _, _, _ = _figures(bbd, b)
+    assert frr <= 0.02
 
 
 def test_rejection_rule_and_cross_examine(digits_bench, repaired):
