@@ -1,7 +1,5 @@
 """NeuralCleanse: detection quality on the embedded benchmarks, batching, options, errors."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -173,39 +171,6 @@ def test_batched_equals_one_label_at_a_time(digits_bench):
     single = _fit(digits_bench.backdoored_model, digits_bench, n_images=0, label_chunk_size=1, **kw)
     np.testing.assert_allclose(batched.l1_norms_, single.l1_norms_, rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(batched.n_steps_, single.n_steps_)
-
-
-def test_model_without_channels_last_support_falls_back():
-    # ``view`` on a channels-last feature map raises: the fit keeps the contiguous layout
-    # for such a model and gives the result of one that accepts either layout.
-    class ViewNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
-            self.fc = torch.nn.Linear(4 * 8 * 8, 3)
-
-        def forward(self, x, flatten_with_view=True):
-            h = torch.relu(self.conv(x))
-            h = h.view(h.shape[0], -1) if flatten_with_view else h.reshape(h.shape[0], -1)
-            return self.fc(h)
-
-    class ReshapeNet(ViewNet):
-        def forward(self, x):
-            return super().forward(x, flatten_with_view=False)
-
-    torch.manual_seed(0)
-    view_net = ViewNet()
-    reshape_net = ReshapeNet()
-    reshape_net.load_state_dict(view_net.state_dict())
-    X = np.random.default_rng(0).random((30, 3, 8, 8), dtype=np.float32)
-    with pytest.raises(RuntimeError, match="view"):
-        copy.deepcopy(view_net).to(memory_format=torch.channels_last)(
-            torch.from_numpy(X).contiguous(memory_format=torch.channels_last))
-    kw = dict(steps=4, random_state=0)
-    a = NeuralCleanse(**kw).fit(view_net, X)
-    b = NeuralCleanse(**kw).fit(reshape_net, X)
-    np.testing.assert_allclose(a.l1_norms_, b.l1_norms_, rtol=1e-3, atol=1e-3)
-    assert next(view_net.parameters()).is_contiguous()  # the user's module is untouched
 
 
 def test_samples_per_step_sets_the_schedule_cadence(digits_bench):

@@ -209,10 +209,7 @@ class NeuralCleanse(BaseEstimator):
     batches (the reference uses every image); with ``y`` the true labels
     decide. The triggers of a chunk are optimized as one ``(K, ...)`` tensor
     with a separate cost schedule each; a trigger that stops early leaves the
-    batch. The fit's copy of the model runs in the channels-last memory
-    layout when it gives the same outputs that way (CPU pooling kernels are
-    several times faster on it, most of all for large batches); a model that
-    cannot, e.g. one calling ``view`` on a feature map, keeps its layout.
+    batch.
 
     References
     ----------
@@ -331,7 +328,6 @@ class NeuralCleanse(BaseEstimator):
         seeds = rng.randint(0, 2**31 - 1, size=(self.n_restarts, n_cand))
         module, log_output = self._runtime(adapter)
         cfg = self._config(X, pools)
-        cfg["memory_format"] = self._memory_format(module, X, adapter.device)
         run = dict(module=module, log_output=log_output, X=X, cfg=cfg, device=adapter.device)
 
         n_steps = np.zeros(n_cand, dtype=np.int64)
@@ -464,34 +460,6 @@ class NeuralCleanse(BaseEstimator):
         for p in module.parameters():
             p.requires_grad_(False)
         return module, work.outputs_probabilities
-
-    @staticmethod
-    def _memory_format(module, X, device):
-        """``torch.channels_last`` when the model gives the same output with it, else None.
-
-        CPU pooling kernels run up to 10x faster on channels-last feature maps
-        of small images, and large batches gain most: this is what makes the
-        batched optimization pay on a CPU. A model that cannot take it (a
-        ``view`` on a feature map, a non-4-D input) or answers differently
-        keeps the contiguous layout; the module is the fit's own copy.
-        """
-        import torch
-
-        if X.ndim != 4:
-            return None
-        x = torch.from_numpy(np.ascontiguousarray(X[:4])).to(device)
-        with torch.no_grad():
-            ref = module(x)
-            try:
-                module.to(memory_format=torch.channels_last)
-                out = module(x.contiguous(memory_format=torch.channels_last))
-                same = out.shape == ref.shape and bool(torch.allclose(out, ref, rtol=1e-4, atol=1e-5))
-            except RuntimeError:
-                same = False
-            if not same:
-                module.to(memory_format=torch.contiguous_format)
-                return None
-        return torch.channels_last
 
     def _config(self, X, pools):
         lo = min(0.0, float(X.min()))

@@ -152,7 +152,6 @@ def reverse_chunk(model, X, tasks, cfg, *, device, progress=None):
     X_t = torch.from_numpy(np.ascontiguousarray(X)).to(dev)
     lo, hi = cfg["pattern_range"]
     B = cfg["batch"]
-    memory_format = cfg.get("memory_format")
 
     rngs = [np.random.default_rng(t.seed) for t in tasks]
     # Initialisation as in the reference example: uniform random mask and pattern.
@@ -188,8 +187,6 @@ def reverse_chunk(model, X, tasks, cfg, *, device, progress=None):
             mask = _to_unit(mask_p)  # (k, 1, H, W)
             pattern = lo + (hi - lo) * _to_unit(pattern_p)  # (k, C, H, W)
             x_adv = stamp(xb, mask[:, None], pattern[:, None]).reshape(k_act * B, c, h, w)
-            if memory_format is not None:
-                x_adv = x_adv.contiguous(memory_format=memory_format)
             logits = model(x_adv)
             ce = F.cross_entropy(logits, tgt_rep, reduction="none").view(k_act, B).mean(dim=1)
             reg = mask.abs().sum(dim=(1, 2, 3))
