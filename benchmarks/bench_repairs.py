@@ -19,7 +19,8 @@ from backdoorlearn.datasets._benchmark import _CONFIG
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 
 # FinePruner with the paper's plain fine-tuning: constant rate, no augmentation, smoothing or decay.
-PLAIN_FINE_TUNING = dict(fine_tune_epochs=30, lr_schedule="constant", label_smoothing=0.0, max_shift=0, noise_std=0.0, weight_decay=0.0)
+PLAIN_FINE_TUNING = dict(fine_tune_epochs=30, lr_schedule="constant", label_smoothing=0.0, max_shift=0,
+                         noise_std=0.0, weight_decay=0.0)
 
 # Epochs of each of the pruning-aware attack's two trainings and its learning rate
 # (as in tests/test_pruning_aware_attack.py; None: the benchmark's training rate).

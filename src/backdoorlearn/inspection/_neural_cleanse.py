@@ -465,8 +465,9 @@ class NeuralCleanse(BaseEstimator):
         lo = min(0.0, float(X.min()))
         hi = max(1.0, float(X.max()))
         batch = min(self.batch_size, min(p.size for p in pools))
-        # One step = as many mini-batches as one pass over X takes: the same cadence for
-        # the cost schedule whether a trigger's pool is all other labels or one source.
+        # One step = as many mini-batches as one pass over X takes (or samples_per_step
+        # images): the same cadence for the cost schedule whether a trigger's pool is all
+        # other labels or one source.
         return dict(
             steps=self.steps, batch=batch,
             batches_per_step=max(1, math.ceil((self.samples_per_step or len(X)) / self.batch_size)),
