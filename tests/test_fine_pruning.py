@@ -195,6 +195,10 @@ def test_errors(digits_bench):
         FinePruner().fit(m, X, y, X_triggered=X)
     with pytest.raises(ValueError, match="one label per sample"):
         FinePruner().fit(m, X, y[:-1])
+    for bad in (dict(lr_schedule="step"), dict(label_smoothing=1.0), dict(max_shift=-1),
+                dict(noise_std=-0.1), dict(noise_prob=1.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FinePruner(**bad).fit(m, X, y)
 
 
 def test_pruning_curve_display(digits_fp):
