@@ -3,20 +3,27 @@
 Files from third parties are read with parsers that execute no code: IDX and
 CIFAR-10 binary batches are raw bytes, and CIFAR-10's "python version"
 batches are read with an unpickler that only rebuilds plain containers and
-bytes (:class:`_DataOnlyUnpickler`), never arbitrary objects.
+bytes (:class:`_DataOnlyUnpickler`), never arbitrary objects. GTSRB's PPM
+images and CSV annotations are read by the small parsers below, and the CSAW
+HackML ``.h5`` files with h5py, which reads arrays only.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
+import numbers
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-__all__ = ["load_mnist", "load_cifar10"]
+__all__ = ["load_mnist", "load_cifar10", "load_gtsrb", "load_hackml_h5"]
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -177,3 +184,385 @@ def load_cifar10(directory, subset="train"):
     X = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
     y = np.concatenate([p[1] for p in parts])
     return X, y
+
+
+_PNM_SPACE = b" \t\n\v\f\r"
+
+
+def _read_ppm(path):
+    """Read a PPM image (binary P6 or plain P3) as an (H, W, 3) float32 array in [0, 1]."""
+    raw = Path(path).read_bytes()
+    magic = raw[:2]
+    if magic not in (b"P6", b"P3"):
+        raise ValueError(f"{path} is not a PPM image: it starts with {magic!r}, expected b'P6' (binary) or b'P3' (plain).")
+    pos, fields = 2, []
+    while len(fields) < 3:
+        start = pos
+        while pos < len(raw) and (raw[pos] in _PNM_SPACE or raw[pos] == ord("#")):
+            if raw[pos] == ord("#"):  # a header comment runs to the end of its line
+                while pos < len(raw) and raw[pos] not in b"\r\n":
+                    pos += 1
+            else:
+                pos += 1
+        digits = pos
+        while pos < len(raw) and raw[pos] in b"0123456789":
+            pos += 1
+        if pos == start or pos == digits:
+            raise ValueError(f"{path}: malformed PPM header: expected width, height and maximum value after {magic!r}.")
+        fields.append(int(raw[digits:pos]))
+    width, height, maxval = fields
+    if width < 1 or height < 1 or not 1 <= maxval <= 65535:
+        raise ValueError(
+            f"{path}: malformed PPM header: width {width}, height {height}, maximum value {maxval} "
+            "(expected positive sizes and a maximum value in [1, 65535])."
+        )
+    if pos >= len(raw) or raw[pos] not in _PNM_SPACE:
+        raise ValueError(f"{path}: malformed PPM header: no whitespace after the maximum value.")
+    n = width * height * 3
+    if magic == b"P6":
+        dtype = np.dtype(np.uint8 if maxval < 256 else ">u2")
+        data = raw[pos + 1:]
+        if len(data) < n * dtype.itemsize:
+            raise ValueError(
+                f"{path}: truncated PPM: the header announces {width}x{height} pixels ({n * dtype.itemsize} bytes "
+                f"of data) but the file holds {len(data)}."
+            )
+        pixels = np.frombuffer(data, dtype, count=n)
+    else:
+        tokens = re.sub(rb"#[^\r\n]*", b"", raw[pos:]).split()
+        if len(tokens) < n:
+            raise ValueError(
+                f"{path}: truncated PPM: the header announces {width}x{height} pixels ({n} values) but the file "
+                f"holds {len(tokens)}."
+            )
+        if not all(t.isdigit() for t in tokens[:n]):
+            raise ValueError(f"{path}: malformed PPM: a plain (P3) image holds non-negative decimal integers only.")
+        pixels = np.array([int(t) for t in tokens[:n]], np.int64)
+    if pixels.max(initial=0) > maxval:
+        raise ValueError(f"{path}: malformed PPM: pixel values exceed the header's maximum value {maxval}.")
+    return pixels.reshape(height, width, 3).astype(np.float32) / np.float32(maxval)
+
+
+_GTSRB_ROI = ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2")
+
+
+def _read_gtsrb_csv(csv_path, folder, need_roi):
+    """Rows of a GTSRB annotation file: (image path, csv path, label, (width, height) or None, roi or None)."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=";")
+        header = [cell.strip() for cell in next(reader, [])]
+        needed = ["Filename", "ClassId", *(_GTSRB_ROI if need_roi else ())]
+        missing = [name for name in needed if name not in header]
+        if missing:
+            raise ValueError(
+                f"{csv_path} lacks the column(s) {', '.join(missing)} (found: {';'.join(header) or 'nothing'}); "
+                "expected Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId."
+            )
+        col = {name: i for i, name in enumerate(header)}
+
+        def integer(row, name):
+            value = row[col[name]].strip() if col[name] < len(row) else ""
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"{csv_path}, line {reader.line_num}: {name} must be an integer; got {value!r}.") from None
+
+        records = []
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            name = row[col["Filename"]].strip() if col["Filename"] < len(row) else ""
+            if not name:
+                raise ValueError(f"{csv_path}, line {reader.line_num}: no Filename.")
+            size = (integer(row, "Width"), integer(row, "Height")) if "Width" in col and "Height" in col else None
+            roi = tuple(integer(row, c) for c in _GTSRB_ROI) if need_roi else None
+            records.append((folder / name, csv_path, integer(row, "ClassId"), size, roi))
+    return records
+
+
+def _gtsrb_train_records(root, need_roi):
+    bases = [root, root / "Images", root / "Final_Training" / "Images", root / "GTSRB" / "Final_Training" / "Images"]
+    for base in bases:
+        classes = sorted(p for p in base.iterdir() if p.is_dir() and p.name.isdigit()) if base.is_dir() else []
+        if classes:
+            break
+    else:
+        raise FileNotFoundError(
+            f"no GTSRB training images in directory {root}: looked for class folders 00000, 00001, ... in it, "
+            "Images/, Final_Training/Images/ and GTSRB/Final_Training/Images/."
+        )
+    records = []
+    for folder in classes:
+        csv_path = folder / f"GT-{folder.name}.csv"
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"no GTSRB annotation file in {folder}: looked for {csv_path.name}.")
+        records += _read_gtsrb_csv(csv_path, folder, need_roi)
+    return records
+
+
+def _gtsrb_test_records(root, need_roi):
+    bases = [root, root / "Images", root / "Final_Test" / "Images", root / "GTSRB" / "Final_Test" / "Images"]
+    images = next((b for b in bases if b.is_dir() and any(b.glob("*.ppm"))), None)
+    if images is None:
+        raise FileNotFoundError(
+            f"no GTSRB test images in directory {root}: looked for .ppm files in it, Images/, Final_Test/Images/ "
+            "and GTSRB/Final_Test/Images/."
+        )
+    # The labelled GT-final_test.csv ships apart from the images (GTSRB_Final_Test_GT.zip): look for it in the
+    # Images folder and every folder between it and `directory`.
+    folders = [images]
+    while folders[-1] != root:
+        folders.append(folders[-1].parent)
+    for folder in folders:
+        if (folder / "GT-final_test.csv").is_file():
+            return _read_gtsrb_csv(folder / "GT-final_test.csv", images, need_roi)
+    unlabelled = [f / "GT-final_test.test.csv" for f in folders if (f / "GT-final_test.test.csv").is_file()]
+    hint = (
+        f" ({unlabelled[0]} has no ClassId column: the test labels are distributed separately, as GT-final_test.csv "
+        "in GTSRB_Final_Test_GT.zip)" if unlabelled else ""
+    )
+    raise FileNotFoundError(
+        f"no GTSRB test annotation file in directory {root}: looked for GT-final_test.csv in "
+        f"{', '.join(map(str, folders))}{hint}."
+    )
+
+
+def load_gtsrb(directory, subset="train", image_size=32, crop_roi=True):
+    """Load the German Traffic Sign Recognition Benchmark (GTSRB) from ``directory``.
+
+    Reads the data set as distributed [1]_: PPM images and semicolon-separated
+    annotation files (``Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId``).
+    Each image is cropped to the sign's region of interest (ROI), resized to
+    ``image_size`` x ``image_size`` and scaled to [0, 1].
+
+    Parameters
+    ----------
+    directory : str or path-like
+        The data set's root or its ``Images`` folder. For ``subset="train"``,
+        the folder holding the class folders ``00000`` ... ``00042`` (each
+        with its ``GT-000NN.csv``), or a folder above it: ``Images/``,
+        ``Final_Training/Images/`` and ``GTSRB/Final_Training/Images/`` are
+        searched. For ``subset="test"``, the folder holding the test
+        ``.ppm`` files, or a folder above it (``Images/``,
+        ``Final_Test/Images/``, ``GTSRB/Final_Test/Images/``); the labelled
+        ``GT-final_test.csv``, distributed separately from the images, may
+        lie in the ``Images`` folder or in any folder between it and
+        ``directory``.
+    subset : {"train", "test"}, default="train"
+        Which part of the benchmark to read.
+    image_size : int, default=32
+        Height and width of the returned images.
+    crop_roi : bool, default=True
+        Crop each image to its ROI (``Roi.X1:Roi.X2``, ``Roi.Y1:Roi.Y2``)
+        before resizing, dropping the border of about 10% around the sign.
+
+    Returns
+    -------
+    X : ndarray of shape (n, 3, image_size, image_size), float32 in [0, 1]
+        Images in the order of the annotation files (class by class for
+        ``subset="train"``).
+    y : ndarray of shape (n,), int64
+        The ``ClassId`` of each image.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory``, the images or an annotation file cannot be found.
+    ValueError
+        If ``subset`` or ``image_size`` is invalid, an annotation file lacks a
+        column, or an image is not a well-formed PPM (its file is named).
+
+    Notes
+    -----
+    PPM images, binary (``P6``) and plain (``P3``), are read by a small parser
+    of backdoorlearn's own; no imaging library is needed. ``Roi.X2`` and
+    ``Roi.Y2`` are read as exclusive ends (the sign spans columns ``Roi.X1``
+    to ``Roi.X2 - 1``), as Python slicing and PIL's ``crop`` read them.
+    Resizing is bilinear with antialiasing
+    (:func:`torch.nn.functional.interpolate`), so shrinking a large image
+    averages its pixels instead of skipping them.
+
+    References
+    ----------
+    .. [1] J. Stallkamp, M. Schlipsing, J. Salmen and C. Igel, "Man vs.
+       computer: Benchmarking machine learning algorithms for traffic sign
+       recognition", Neural Networks 32, pp. 323-332, 2012.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from backdoorlearn.datasets import load_gtsrb
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     folder = os.path.join(root, "Final_Training", "Images", "00007")
+    ...     os.makedirs(folder)
+    ...     # a red 2x2 sign inside a 1-pixel white border
+    ...     pixels = [255] * 3 * 4 + ([255] * 3 + [255, 0, 0] * 2 + [255] * 3) * 2 + [255] * 3 * 4
+    ...     with open(os.path.join(folder, "00000_00000.ppm"), "wb") as f:
+    ...         _ = f.write(b"P6\\n4 4\\n255\\n" + bytes(pixels))
+    ...     with open(os.path.join(folder, "GT-00007.csv"), "w") as f:
+    ...         _ = f.write("Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\\n"
+    ...                     "00000_00000.ppm;4;4;1;1;3;3;7\\n")
+    ...     X, y = load_gtsrb(root, image_size=8)
+    >>> X.shape, X.dtype, y.tolist()
+    ((1, 3, 8, 8), dtype('float32'), [7])
+    >>> X[0, :, 0, 0].tolist(), X[0, :, 7, 7].tolist()   # red everywhere: the border is cropped
+    ([1.0, 0.0, 0.0], [1.0, 0.0, 0.0])
+    """
+    if subset not in ("train", "test"):
+        raise ValueError(f"subset must be 'train' or 'test'; got {subset!r}.")
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise ValueError(f"image_size must be an integer >= 1; got {image_size!r}.")
+    if not isinstance(crop_roi, (bool, np.bool_)):
+        raise ValueError(f"crop_roi must be True or False; got {crop_roi!r}.")
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"directory {os.fspath(directory)!r} does not exist or is not a folder.")
+    find = _gtsrb_train_records if subset == "train" else _gtsrb_test_records
+    records = find(root, bool(crop_roi))
+    if not records:
+        raise ValueError(f"no GTSRB {subset} image is listed in the annotation files under directory {root}.")
+    size = int(image_size)
+    X = np.empty((len(records), 3, size, size), np.float32)
+    for i, (ppm, csv_path, _, shape, roi) in enumerate(records):
+        if not ppm.is_file():
+            raise FileNotFoundError(f"{csv_path} lists {ppm.name}, which is not in {ppm.parent}.")
+        image = _read_ppm(ppm)
+        h, w = image.shape[:2]
+        if shape is not None and shape != (w, h):
+            raise ValueError(f"{ppm} is {w}x{h} pixels but {csv_path} says {shape[0]}x{shape[1]}.")
+        if roi is not None:
+            x1, y1, x2, y2 = roi
+            if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+                raise ValueError(f"{csv_path}: the ROI {roi} of {ppm.name} does not lie inside its {w}x{h} image.")
+            image = image[y1:y2, x1:x2]
+        t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        X[i] = t[0].clamp_(0.0, 1.0).numpy()
+    y = np.array([r[2] for r in records], np.int64)
+    return X, y
+
+
+def load_hackml_h5(path):
+    """Load one data file of the CSAW HackML 2020 backdoor challenge.
+
+    The challenge [1]_ ships BadNets-style [2]_ backdoored face classifiers
+    with their data as HDF5 files (``clean_validation_data.h5``,
+    ``clean_test_data.h5``, ``sunglasses_poisoned_data.h5``, ...): 55x47
+    colour images of the 1283 people of the YouTube Faces data set, in the
+    datasets ``data`` and ``label``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.h5`` file. Its ``data`` must be 4-D, channels first
+        ``(n, C, H, W)`` or channels last ``(n, H, W, C)`` with 1 or 3
+        channels, and ``label`` must hold one whole-number label per image.
+
+    Returns
+    -------
+    X : ndarray of shape (n, 3, 55, 47), float32 in [0, 1]
+        The images, channels first (``(n, C, H, W)`` for other sizes).
+    y : ndarray of shape (n,), int64
+        The labels.
+
+    Raises
+    ------
+    ImportError
+        If h5py is not installed.
+    FileNotFoundError
+        If ``path`` is not a file.
+    ValueError
+        If the file is not HDF5, lacks ``data`` or ``label`` (the keys found
+        are listed), or holds arrays of the wrong shape or range.
+
+    Notes
+    -----
+    The challenge's files store ``data`` channels first, ``(n, 3, 55, 47)``,
+    with values 0-255 (its evaluation script transposes them to channels last
+    for Keras). The layout is detected from the shape: axis 1 of size 1 or 3
+    means channels first (the challenge's layout wins when both axis 1 and
+    the last axis could be channels), otherwise a last axis of size 1 or 3
+    means channels last. The scale is detected from the values: integers are
+    0-255, floats are 0-255 when any exceeds 1 and are kept as they are when
+    all lie in [0, 1] (a file already scaled to [0, 1]). Values outside
+    [0, 255], NaN and inf are refused.
+
+    h5py is an optional dependency: ``pip install h5py`` or
+    ``pip install backdoorlearn[h5]``. It reads arrays only; nothing in the
+    file is executed.
+
+    References
+    ----------
+    .. [1] CSAW HackML 2020, the backdoor-detection challenge of NYU's Cyber
+       Security Awareness Week, https://github.com/csaw-hackml/CSAW-HackML-2020.
+    .. [2] T. Gu, K. Liu, B. Dolan-Gavitt and S. Garg, "BadNets: Evaluating
+       Backdooring Attacks on Deep Neural Networks", IEEE Access 7,
+       pp. 47230-47244, 2019.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import h5py, numpy as np
+    >>> from backdoorlearn.datasets import load_hackml_h5
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = os.path.join(d, "clean_validation_data.h5")
+    ...     with h5py.File(path, "w") as f:
+    ...         _ = f.create_dataset("data", data=np.full((2, 3, 55, 47), 255.0, np.float32))
+    ...         _ = f.create_dataset("label", data=np.array([0.0, 1282.0]))
+    ...     X, y = load_hackml_h5(path)
+    >>> X.shape, X.dtype, float(X.max()), y.tolist()
+    ((2, 3, 55, 47), dtype('float32'), 1.0, [0, 1282])
+    """
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ImportError(
+            "load_hackml_h5 reads HDF5 files with h5py, which is not installed: pip install h5py "
+            "(or pip install backdoorlearn[h5])."
+        ) from exc
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"path {os.fspath(path)!r} does not exist or is not a file.")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"path {os.fspath(path)!r} is not an HDF5 file.")
+    with h5py.File(path, "r") as f:
+        missing = [key for key in ("data", "label") if not isinstance(f.get(key), h5py.Dataset)]
+        if missing:
+            raise ValueError(
+                f"{os.fspath(path)} has no dataset {' or '.join(map(repr, missing))}: a CSAW HackML file holds "
+                f"'data' and 'label'; found keys {sorted(f.keys())}."
+            )
+        data = np.asarray(f["data"][()])
+        labels = np.asarray(f["label"][()])
+    if data.ndim != 4 or len(data) == 0:
+        raise ValueError(
+            f"{os.fspath(path)}: 'data' must hold images of shape (n, 3, 55, 47) or (n, 55, 47, 3) with n >= 1; "
+            f"got shape {data.shape}."
+        )
+    if data.shape[1] not in (1, 3):
+        if data.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"{os.fspath(path)}: 'data' of shape {data.shape} has neither channels first (axis 1 of size 1 or 3) "
+                "nor channels last (last axis of size 1 or 3)."
+            )
+        data = data.transpose(0, 3, 1, 2)
+    if data.dtype.kind not in "uif":
+        raise ValueError(f"{os.fspath(path)}: 'data' must hold numbers; got dtype {data.dtype}.")
+    X = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.isfinite(X).all():
+        raise ValueError(f"{os.fspath(path)}: 'data' holds NaN or inf.")
+    lo, hi = float(X.min()), float(X.max())
+    if lo < 0 or hi > 255:
+        raise ValueError(f"{os.fspath(path)}: 'data' must lie in [0, 255] (or [0, 1]); got values from {lo} to {hi}.")
+    if data.dtype.kind in "ui" or hi > 1:
+        X /= np.float32(255)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != len(X):
+        raise ValueError(
+            f"{os.fspath(path)}: 'label' must hold one label per image ({len(X)}); got shape {labels.shape}."
+        )
+    if labels.dtype.kind not in "uif" or (
+        labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all())
+    ):
+        raise ValueError(f"{os.fspath(path)}: 'label' must hold whole numbers; got {labels[:5]!r} ...")
+    return X, labels.astype(np.int64)
