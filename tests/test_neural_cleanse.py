@@ -210,6 +210,15 @@ def test_fast_mode_flags_target(digits_bench):
     assert nc.fully_optimized_.sum() == 7
     assert nc.fully_optimized_[0]
     assert nc.flagged_labels_ == [0]
+    # The screened labels' norms are put on the full scale by the random labels'
+    # full / screening ratio; the median and MAD come from all ten labels.
+    screened = nc.screening_l1_norms_
+    assert screened.shape == (10,)
+    random_part = np.flatnonzero(nc.fully_optimized_)
+    random_part = random_part[np.argsort(screened[random_part])][2:]  # the 2 top-k are the smallest
+    ratio = np.median(nc.l1_norms_[random_part] / screened[random_part])
+    est = np.where(nc.fully_optimized_, nc.l1_norms_, screened * ratio)
+    assert nc.median_l1_norm_ == pytest.approx(np.median(est))
 
 
 def test_restarts_report_spread(digits_bench):
@@ -224,6 +233,7 @@ def test_without_labels_uses_predictions(digits_bench):
     nc = NeuralCleanse(steps=3, labels=[0, 1, 2], random_state=0).fit(
         digits_bench.backdoored_model, digits_bench.X_holdout)
     assert nc.l1_norms_.shape == (3,)
+    assert nc.screening_l1_norms_ is None
 
 
 def test_clone_and_params():
