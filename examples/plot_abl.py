@@ -7,8 +7,10 @@ A scraped training set may hold poisoned images: a trigger stamped on and
 the label changed to the attacker's target. Anti-Backdoor Learning trains
 on it anyway: backdoor examples are learned much faster than clean ones,
 so a first stage that holds every example's loss near ``gamma`` leaves the
-backdoor examples far below it; the lowest-loss 1% is isolated, and the
-second stage trains on the rest and unlearns the isolated rows.
+backdoor examples far below it; the lowest-loss 1% is isolated. The
+second stage trains on the rest, unlearns the isolated rows together with
+the kept rows that sit with them in the network's features (most of the
+other poisoned rows), and recovers on what is left.
 """
 
 # %%
@@ -32,6 +34,9 @@ abl = AntiBackdoorLearner(SmallCNN, module_params=dict(channels=(16, 32), hidden
 abl.fit(bench.X_train, bench.y_train)
 precision = bench.poison_mask[abl.isolated_indices_].mean()
 print(f"isolated {len(abl.isolated_indices_)} rows, {100 * precision:.0f}% of them poisoned")
+unlearned = abl.unlearned_indices_
+print(f"unlearned {len(unlearned)} rows ({bench.poison_mask[unlearned].sum()} poisoned); "
+      f"{bench.poison_mask[abl.anchor_mask_].sum()} poisoned rows left in the clean anchor")
 
 for name, model in (("plain training", bench.backdoored_model), ("ABL", abl),
                     ("trained on clean data", bench.clean_model)):
