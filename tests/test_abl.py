@@ -76,6 +76,21 @@ def test_signs_badnets_attack_success(signs_bench, signs_abl):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dataset, seed", [("digits", 1), ("digits", 2), ("digits", 3),
+                                           ("digits", 4), ("signs", 1), ("signs", 3)])
+def test_badnets_seed_sweep(benchmark_factory, dataset, seed):
+    # Other benchmark seeds (seed 3 of the signs left 59 poisoned rows in the old
+    # anchor and ended at 54% attack success; digits seed 1 at 18.5%).
+    b = benchmark_factory(dataset, random_state=seed)
+    net, fit = (DIGITS_NET, {}) if dataset == "digits" else (SIGNS_NET, SIGNS_FIT)
+    abl = AntiBackdoorLearner(SmallCNN, module_params=net, random_state=0, **fit).fit(b.X_train, b.y_train)
+    ca, ca_clean, asr, precision = _figures(abl, b)
+    assert precision >= 0.9
+    assert asr <= 0.10
+    assert ca >= ca_clean - 0.03
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="measured on digits seed 0: isolation precision 8%, "
                    "attack success 38%, clean accuracy 98.2%: the blended noise is learned "
                    "slower than the digits, so ABL's premise fails (the paper: 16% on CIFAR-10)")
