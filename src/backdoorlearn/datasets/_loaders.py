@@ -54,6 +54,11 @@ def read_idx(path):
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
+def _check_subset(subset):
+    if subset not in ("train", "test"):
+        raise ValueError(f"subset must be 'train' or 'test'; got {subset!r}.")
+
+
 def _find(directory, names, what):
     for name in names:
         for candidate in (name, name + ".gz"):
@@ -94,8 +99,7 @@ def load_mnist(directory, subset="train"):
     >>> X.shape, y.tolist()
     ((2, 1, 28, 28), [3, 7])
     """
-    if subset not in ("train", "test"):
-        raise ValueError(f"subset must be 'train' or 'test'; got {subset!r}.")
+    _check_subset(subset)
     prefix = "train" if subset == "train" else "t10k"
     images = read_idx(_find(directory, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], "image"))
     labels = read_idx(_find(directory, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], "label"))
@@ -166,8 +170,7 @@ def load_cifar10(directory, subset="train"):
     >>> X.shape, y.tolist()
     ((2, 3, 32, 32), [4, 9])
     """
-    if subset not in ("train", "test"):
-        raise ValueError(f"subset must be 'train' or 'test'; got {subset!r}.")
+    _check_subset(subset)
     names = [f"data_batch_{i}" for i in range(1, 6)] if subset == "train" else ["test_batch"]
     parts = []
     for name in names:
@@ -280,9 +283,13 @@ def _read_gtsrb_csv(csv_path, folder, need_roi):
     return records
 
 
+def _gtsrb_bases(root, part):
+    """The folders searched for a GTSRB part ("Final_Training" or "Final_Test"): root first."""
+    return [root, root / "Images", root / part / "Images", root / "GTSRB" / part / "Images"]
+
+
 def _gtsrb_train_records(root, need_roi):
-    bases = [root, root / "Images", root / "Final_Training" / "Images", root / "GTSRB" / "Final_Training" / "Images"]
-    for base in bases:
+    for base in _gtsrb_bases(root, "Final_Training"):
         classes = sorted(p for p in base.iterdir() if p.is_dir() and p.name.isdigit()) if base.is_dir() else []
         if classes:
             break
@@ -301,8 +308,7 @@ def _gtsrb_train_records(root, need_roi):
 
 
 def _gtsrb_test_records(root, need_roi):
-    bases = [root, root / "Images", root / "Final_Test" / "Images", root / "GTSRB" / "Final_Test" / "Images"]
-    images = next((b for b in bases if b.is_dir() and any(b.glob("*.ppm"))), None)
+    images = next((b for b in _gtsrb_bases(root, "Final_Test") if b.is_dir() and any(b.glob("*.ppm"))), None)
     if images is None:
         raise FileNotFoundError(
             f"no GTSRB test images in directory {root}: looked for .ppm files in it, Images/, Final_Test/Images/ "
@@ -408,8 +414,7 @@ def load_gtsrb(directory, subset="train", image_size=32, crop_roi=True):
     >>> X[0, :, 0, 0].tolist(), X[0, :, 7, 7].tolist()   # red everywhere: the border is cropped
     ([1.0, 0.0, 0.0], [1.0, 0.0, 0.0])
     """
-    if subset not in ("train", "test"):
-        raise ValueError(f"subset must be 'train' or 'test'; got {subset!r}.")
+    _check_subset(subset)
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
         raise ValueError(f"image_size must be an integer >= 1; got {image_size!r}.")
     if not isinstance(crop_roi, (bool, np.bool_)):
@@ -520,49 +525,50 @@ def load_hackml_h5(path):
             "load_hackml_h5 reads HDF5 files with h5py, which is not installed: pip install h5py "
             "(or pip install backdoorlearn[h5])."
         ) from exc
+    name = os.fspath(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"path {os.fspath(path)!r} does not exist or is not a file.")
+        raise FileNotFoundError(f"path {name!r} does not exist or is not a file.")
     if not h5py.is_hdf5(path):
-        raise ValueError(f"path {os.fspath(path)!r} is not an HDF5 file.")
+        raise ValueError(f"path {name!r} is not an HDF5 file.")
     with h5py.File(path, "r") as f:
         missing = [key for key in ("data", "label") if not isinstance(f.get(key), h5py.Dataset)]
         if missing:
             raise ValueError(
-                f"{os.fspath(path)} has no dataset {' or '.join(map(repr, missing))}: a CSAW HackML file holds "
+                f"{name} has no dataset {' or '.join(map(repr, missing))}: a CSAW HackML file holds "
                 f"'data' and 'label'; found keys {sorted(f.keys())}."
             )
         data = np.asarray(f["data"][()])
         labels = np.asarray(f["label"][()])
     if data.ndim != 4 or len(data) == 0:
         raise ValueError(
-            f"{os.fspath(path)}: 'data' must hold images of shape (n, 3, 55, 47) or (n, 55, 47, 3) with n >= 1; "
+            f"{name}: 'data' must hold images of shape (n, 3, 55, 47) or (n, 55, 47, 3) with n >= 1; "
             f"got shape {data.shape}."
         )
     if data.shape[1] not in (1, 3):
         if data.shape[-1] not in (1, 3):
             raise ValueError(
-                f"{os.fspath(path)}: 'data' of shape {data.shape} has neither channels first (axis 1 of size 1 or 3) "
+                f"{name}: 'data' of shape {data.shape} has neither channels first (axis 1 of size 1 or 3) "
                 "nor channels last (last axis of size 1 or 3)."
             )
         data = data.transpose(0, 3, 1, 2)
     if data.dtype.kind not in "uif":
-        raise ValueError(f"{os.fspath(path)}: 'data' must hold numbers; got dtype {data.dtype}.")
+        raise ValueError(f"{name}: 'data' must hold numbers; got dtype {data.dtype}.")
     X = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(X).all():
-        raise ValueError(f"{os.fspath(path)}: 'data' holds NaN or inf.")
+        raise ValueError(f"{name}: 'data' holds NaN or inf.")
     lo, hi = float(X.min()), float(X.max())
     if lo < 0 or hi > 255:
-        raise ValueError(f"{os.fspath(path)}: 'data' must lie in [0, 255] (or [0, 1]); got values from {lo} to {hi}.")
+        raise ValueError(f"{name}: 'data' must lie in [0, 255] (or [0, 1]); got values from {lo} to {hi}.")
     if data.dtype.kind in "ui" or hi > 1:
         X /= np.float32(255)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or len(labels) != len(X):
         raise ValueError(
-            f"{os.fspath(path)}: 'label' must hold one label per image ({len(X)}); got shape {labels.shape}."
+            f"{name}: 'label' must hold one label per image ({len(X)}); got shape {labels.shape}."
         )
     if labels.dtype.kind not in "uif" or (
         labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all())
     ):
-        raise ValueError(f"{os.fspath(path)}: 'label' must hold whole numbers; got {labels[:5]!r} ...")
+        raise ValueError(f"{name}: 'label' must hold whole numbers; got {labels[:5]!r} ...")
     return X, labels.astype(np.int64)

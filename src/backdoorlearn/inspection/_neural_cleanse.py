@@ -371,8 +371,7 @@ class NeuralCleanse(BaseEstimator):
         fully = np.zeros(n_cand, dtype=bool)
         fully[selected] = True
         norms = np.array([r.l1_norm for r in final])
-        calibrated = self.mode == "fast" and random_part.size >= 3
-        if calibrated:
+        if self.mode == "fast" and random_part.size >= 3:
             # Sec. V-B estimates the median and the MAD from the randomly drawn labels
             # alone. With a few dozen labels that is a handful of norms (8 of 43), and
             # the fast mode flagged four clean labels beside the target on a 43-label
