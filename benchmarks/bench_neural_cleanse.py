@@ -37,6 +37,12 @@ def timed(bench, device, **params):
 
 
 def compare_batched(name, bench, device, steps):
+    # Warm-up, untimed: the first run of a shape in a process pays one-off costs
+    # (oneDNN kernel creation, the allocator growing its heap: the first batched
+    # signs run measured 30 s where the next ones took 22 s), which would otherwise
+    # be charged to whichever path runs first.
+    timed(bench, device, steps=2)
+    timed(bench, device, steps=2, label_chunk_size=1)
     batched, t_b = timed(bench, device, steps=steps)
     single, t_s = timed(bench, device, steps=steps, label_chunk_size=1)
     diff = np.abs(batched.l1_norms_ - single.l1_norms_).max()
