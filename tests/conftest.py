@@ -1,6 +1,8 @@
 """Shared fixtures: benchmarks (trained models) are built once per test session."""
 
+import hashlib
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -44,9 +46,6 @@ def _build(key):
 
 
 def _build_shared(key):
-    import hashlib
-    import pickle
-
     path = _SHARED_DIR / f"bench-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.pkl"
     with open(path.with_suffix(".lock"), "w") as lock:
         if fcntl is not None:
@@ -70,7 +69,6 @@ def _share_benchmarks_between_workers(tmp_path_factory):
         # the parent of each worker's base temp dir is common to the whole session
         _SHARED_DIR = tmp_path_factory.getbasetemp().parent / "shared-benchmarks"
         _SHARED_DIR.mkdir(exist_ok=True)
-    yield
 
 
 @pytest.fixture(scope="session")
