@@ -1,4 +1,4 @@
-"""Reading the CSAW HackML Keras files into the torch DeepID.
+"""Safe model loading: TorchScript, state_dict + architecture, and the CSAW HackML Keras files.
 
 The Keras files are written here in the exact layout Keras 2.2.4 writes (as in the challenge's
 ``*_bd_weights.h5`` and ``*_bd_net.h5``), from random weights, and the loaded torch DeepID is
@@ -6,7 +6,10 @@ held against a numpy forward pass that computes channels last, as Keras does.
 """
 
 import json
+import os
+import pickle
 import sys
+import warnings
 
 import h5py  # in the `tests` extra
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from backdoorlearn.models import DeepID, ModelAdapter, load_keras_h5
+from backdoorlearn.models import DeepID, ModelAdapter, SmallCNN, load_keras_h5, load_model
 
 KERNELS = {  # Keras layouts: conv (kh, kw, in, out), dense (in, out)
     "conv_1": (4, 4, 3, 20),
@@ -455,3 +458,199 @@ def test_h5py_missing(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(ImportError, match=r"pip install h5py \(or pip install backdoorlearn\[h5\]\)"):
         load_keras_h5(path)
+
+
+# ------------------------------------------------------------------ load_model: TorchScript, state_dict, dispatch
+def _quiet_jit(fn, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates TorchScript in favour of torch.export
+        return fn(*args)
+
+
+def test_torchscript_round_trip(tmp_path):
+    x = torch.rand(3, 3, 55, 47)
+    deepid = DeepID(n_classes=9).eval()
+    scripted = tmp_path / "deepid.pt"
+    _quiet_jit(torch.jit.script, deepid).save(str(scripted))
+    small = SmallCNN(in_channels=1, n_classes=10).eval()
+    traced = tmp_path / "small.pt"
+    _quiet_jit(torch.jit.trace, small, torch.zeros(1, 1, 8, 8)).save(str(traced))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the loader keeps torch's notice to itself
+        loaded = load_model(scripted, device="cpu")
+    assert isinstance(loaded, torch.jit.ScriptModule) and not loaded.training
+    torch.testing.assert_close(loaded(x), deepid(x))
+    x8 = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(load_model(traced)(x8), small(x8))
+    with pytest.raises(ValueError, match="arch and arch_kwargs apply to state_dict files only; .*TorchScript"):
+        load_model(scripted, arch="backdoorlearn.models:DeepID")
+
+
+@pytest.mark.parametrize("arch, arch_kwargs", [
+    ("backdoorlearn.models:SmallCNN", '{"in_channels": 1, "n_classes": 10, "channels": [8, 16]}'),
+    ("backdoorlearn.models:SmallCNN", {"in_channels": 1, "n_classes": 10, "channels": [8, 16]}),
+    (SmallCNN, {"in_channels": 1, "n_classes": 10, "channels": (8, 16)}),
+])
+def test_state_dict_round_trip(tmp_path, arch, arch_kwargs):
+    net = SmallCNN(in_channels=1, n_classes=10, channels=(8, 16)).eval()
+    path = tmp_path / "weights.pt"
+    torch.save(net.state_dict(), path)
+    loaded = load_model(path, arch=arch, arch_kwargs=arch_kwargs)
+    assert isinstance(loaded, SmallCNN) and not loaded.training
+    x = torch.rand(5, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_state_dict_legacy_format_and_factory(tmp_path):
+    net = DeepID(n_classes=4).eval()
+    path = tmp_path / "legacy.pt"
+    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=False)
+    loaded = load_model(path, arch=lambda: DeepID(n_classes=4))  # a factory in the place of a class
+    x = torch.rand(2, 3, 55, 47)
+    torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_state_dict_needs_an_architecture_that_fits(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(SmallCNN(in_channels=1, n_classes=10).state_dict(), path)
+    with pytest.raises(ValueError, match="holds a state_dict \\(weights only\\): pass arch='package.module:Class'"):
+        load_model(path)
+    with pytest.raises(ValueError, match=r"does not fit the architecture arch='backdoorlearn.models:SmallCNN': "
+                                         r"shape mismatches: classifier.weight is \(10, 64\) in the file, "
+                                         r"\(3, 64\) in the architecture, classifier.bias is \(10,\)"):
+        load_model(path, arch="backdoorlearn.models:SmallCNN", arch_kwargs='{"in_channels": 1, "n_classes": 3}')
+    with pytest.raises(ValueError) as info:
+        load_model(path, arch="backdoorlearn.models:DeepID", arch_kwargs={"n_classes": 10})
+    message = str(info.value)
+    assert "missing keys (in the architecture, not in the file): conv_1.weight, conv_1.bias" in message
+    assert "unexpected keys (in the file, not in the architecture): conv1.weight, conv1.bias" in message
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save(nn.DataParallel(SmallCNN()).state_dict(), wrapped)
+    with pytest.raises(ValueError, match="carry the prefix 'module.' of a model wrapped by nn.DataParallel"):
+        load_model(wrapped, arch="backdoorlearn.models:SmallCNN")
+
+
+@pytest.mark.parametrize("arch, arch_kwargs, error, message", [
+    ("backdoorlearn.models.SmallCNN", None, ValueError, r"arch must be an import path 'package.module:Class'"),
+    ("no_such_package.models:Net", None, ValueError, r"the module 'no_such_package.models' cannot be imported"),
+    ("backdoorlearn.models:NoSuchNet", None, ValueError, r"the module 'backdoorlearn.models' has no attribute"),
+    ("collections:OrderedDict", None, TypeError, r"must be a torch.nn.Module subclass .*OrderedDict"),
+    ("os:system", None, TypeError, r"must be a torch.nn.Module subclass"),
+    ("backdoorlearn.models:SmallCNN", '{"in_channels": 1, "n_classes": 10', ValueError,
+     r"arch_kwargs must be a JSON object"),
+    ("backdoorlearn.models:SmallCNN", "[1, 10]", ValueError, r"arch_kwargs must give keyword arguments"),
+    ("backdoorlearn.models:SmallCNN", '{"colour": true}', ValueError,
+     r"could not be built with arch_kwargs=\{'colour': True\}"),
+    ("backdoorlearn.models:build_net", None, ValueError, r"could not be built"),
+    (SmallCNN(), None, TypeError, r"not a module instance; .*load_weights"),
+])
+def test_bad_architecture(tmp_path, arch, arch_kwargs, error, message):
+    path = tmp_path / "weights.pt"
+    torch.save(SmallCNN().state_dict(), path)
+    with pytest.raises(error, match=message):
+        load_model(path, arch=arch, arch_kwargs=arch_kwargs)
+
+
+class _Payload:
+    """Unpickling this would create a directory: proof that code ran."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def test_pickled_objects_are_refused_without_running(tmp_path):
+    marker = tmp_path / "ran"
+    zipped = tmp_path / "payload.pt"
+    torch.save(_Payload(str(marker)), zipped)
+    with pytest.raises(ValueError, match=r"holds a pickled Python object \(it names \w+\.mkdir\).*refused.*"
+                                         r"torch.save\(model.state_dict\(\), path\)"):
+        load_model(zipped, arch="backdoorlearn.models:SmallCNN")
+    raw = tmp_path / "payload.pkl"
+    raw.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(ValueError, match="is a Python pickle, which is refused"):
+        load_model(raw)
+    assert not marker.exists()
+
+
+def test_whole_module_is_refused_with_what_to_save_instead(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(SmallCNN(), path)
+    with pytest.raises(ValueError, match=r"\(it names backdoorlearn.models._zoo.SmallCNN\), not weights only.*"
+                                         r"or save a TorchScript archive") as info:
+        load_model(path, arch="backdoorlearn.models:SmallCNN")
+    assert "weights_only=False" not in str(info.value)  # torch's own advice is not passed on
+
+
+def test_checkpoint_dict_is_named(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 3, "state_dict": SmallCNN().state_dict()}, path)
+    with pytest.raises(ValueError, match=r"the entries 'epoch', 'state_dict' are not tensors. "
+                                         r"It looks like a training checkpoint"):
+        load_model(path, arch="backdoorlearn.models:SmallCNN")
+
+
+def _zip(path, entries):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for entry in entries:
+            archive.writestr(entry, b"x")
+    return path
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_bytes(b""), r"not a model file of a supported kind \(expected a TorchScript archive, "
+                                   r"a state_dict written by torch.save, or a Keras HDF5 file of the CSAW "
+                                   r"HackML DeepID\); an empty file"),
+    (lambda p: p.write_text("name,value\n"), r"its first bytes are b'name,value\\n'"),
+    (lambda p: np.savez(p.open("wb"), X=np.zeros(3)), r"zip archive of an unsupported kind .* entries: X.npy. "
+                                                       r"It looks like a numpy .npz archive"),
+    (lambda p: _zip(p, ["config.json", "metadata.json", "model.weights.h5"]), r"a Keras 3 '.keras' archive"),
+    (lambda p: p.write_bytes((12).to_bytes(8, "little") + b'{"a": "b"}  ' + b"\0" * 16),
+     r"looks like a safetensors file"),
+])
+def test_unsupported_kinds(tmp_path, write, message):
+    path = tmp_path / "model.bin"
+    write(path)
+    with pytest.raises(ValueError, match=message):
+        load_model(path)
+
+
+def test_truncated_torch_files(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(SmallCNN().state_dict(), path)
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="starts like a zip archive .* truncated or corrupt"):
+        load_model(path, arch="backdoorlearn.models:SmallCNN")
+    legacy = tmp_path / "legacy.pt"
+    torch.save(SmallCNN().state_dict(), legacy, _use_new_zipfile_serialization=False)
+    blob = legacy.read_bytes()
+    legacy.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="cannot be read as a torch.save file: truncated or corrupt"):
+        load_model(legacy, arch="backdoorlearn.models:SmallCNN")
+
+
+def test_keras_files_go_to_load_keras_h5(tmp_path, faces):
+    weights = keras_weights(7)
+    for path in (write_weights_h5(tmp_path / "bd_weights.h5", weights), write_full_h5(tmp_path / "bd_net.h5", weights)):
+        net = load_model(path)  # told apart by content, whatever the name
+        assert isinstance(net, DeepID)
+        np.testing.assert_allclose(_logits(net, faces), keras_reference(faces, weights), atol=1e-4)
+    with pytest.raises(ValueError, match="arch and arch_kwargs apply to state_dict files only; .* HDF5"):
+        load_model(tmp_path / "bd_net.h5", arch="backdoorlearn.models:DeepID")
+    hostile = _hostile(tmp_path, _soft_link)
+    with pytest.raises(ValueError, match="refused as unsafe to read"):
+        load_model(hostile)
+
+
+def test_missing_file_and_bad_device(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist or is not a file"):
+        load_model(tmp_path / "nope.pt")
+    if not torch.cuda.is_available():
+        path = write_weights_h5(tmp_path / "w.h5", keras_weights(3))
+        with pytest.raises(ValueError, match="device='cuda' was requested but CUDA is not available"):
+            load_model(path, device="cuda")

@@ -2,7 +2,7 @@
 
 from ._adapter import ModelAdapter, build_net, eval_mode, model_fingerprint, wrap_module
 from ._deepid import DeepID
-from ._io import load_keras_h5, load_weights, save_weights
+from ._io import load_keras_h5, load_model, load_weights, save_weights
 from ._zoo import SmallCNN
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "build_net",
     "eval_mode",
     "load_keras_h5",
+    "load_model",
     "load_weights",
     "model_fingerprint",
     "save_weights",

@@ -1,26 +1,41 @@
 """Saving and loading models without unpickling untrusted code.
 
-A model file from a third party is the threat model itself: state_dicts are
-read with ``weights_only=True``, and the Keras HDF5 files of the CSAW HackML
-DeepID with h5py, which reads arrays only. Nothing here calls
-``pickle.load`` on a user's file.
+A model file from a third party is the threat model itself. Three kinds of
+file are read, told apart by their content and never by their name: a
+TorchScript archive, a ``torch.save`` state_dict (read with
+``weights_only=True``) paired with an architecture the caller names, and the
+Keras HDF5 files of the CSAW HackML DeepID (read with h5py, which reads
+arrays only). Nothing here calls ``pickle.load`` on a user's file.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import math
 import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from .._utils import resolve_device
 from ._adapter import ModelAdapter
 from ._deepid import DeepID
 
-__all__ = ["load_keras_h5", "load_weights", "save_weights"]
+__all__ = ["load_keras_h5", "load_model", "load_weights", "save_weights"]
+
+_ZIP_SIGNATURE = b"PK\x03\x04"
+# torch.save's legacy (pre-1.6, non-zip) format starts with this pickled magic number.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+_ARCH_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def save_weights(model, path):
@@ -81,6 +96,311 @@ def load_weights(module, path, *, device="cpu", strict=True):
         raise ValueError(f"{path} does not hold a state dict; got {type(state).__name__}.")
     module.load_state_dict(state, strict=strict)
     return module
+
+
+# --------------------------------------------------------------------------- one entry point
+def load_model(path, *, arch=None, arch_kwargs=None, device="cpu"):
+    """Load a model file safely, telling its format apart by its content.
+
+    The entry point for a model that someone else trained (a model-intake
+    pipeline, a command line, a grader): no file is unpickled, so a tampered
+    file fails to load instead of running code. Three kinds are read:
+
+    - a **TorchScript archive** (``torch.jit.script(model).save(path)`` or
+      ``torch.jit.trace``), loaded with ``torch.jit.load``;
+    - a **state_dict** saved with ``torch.save(model.state_dict(), path)``
+      (zip or legacy format; skorch's ``save_params`` writes one), read with
+      ``torch.load(weights_only=True)`` into the architecture ``arch``;
+    - a **Keras HDF5 file of the CSAW HackML DeepID**, weights only or full
+      model, read by :func:`load_keras_h5`.
+
+    A whole pickled module (``torch.save(model, path)``) is refused, since
+    loading it would run whatever code the pickle names.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The model file.
+    arch : str or callable, default=None
+        The architecture a state_dict is loaded into (required for a
+        state_dict, refused for the other kinds, which carry their own): an
+        import path ``"package.module:Class"``, or the class itself. A
+        function returning an ``nn.Module`` (a model factory) is accepted in
+        the place of a class. Importing the path runs that module's code,
+        which is the caller's code, not the file's.
+    arch_kwargs : str or dict, default=None
+        Keyword arguments for ``arch``, as a dict or a JSON object such as
+        ``'{"in_channels": 1, "n_classes": 10}'``.
+    device : {"cpu", "cuda", "auto"}, default="cpu"
+        Where the loaded module is placed. ``"auto"`` picks CUDA when
+        available.
+
+    Returns
+    -------
+    module : nn.Module
+        The model in eval mode, returning logits. A TorchScript archive
+        comes back as a ``torch.jit.ScriptModule``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    ValueError
+        If the file is of no kind above (the kinds expected are named), is
+        truncated or corrupt, holds a pickled object rather than weights,
+        does not fit ``arch`` (missing and unexpected keys and shape
+        mismatches are listed), or if ``arch`` cannot be imported or built.
+    TypeError
+        If ``arch`` names something that is not an ``nn.Module`` class or a
+        function returning one.
+
+    See Also
+    --------
+    load_keras_h5 : The Keras HDF5 reader, with its checks.
+    load_weights : Load a state_dict into a module you already hold.
+
+    Notes
+    -----
+    A TorchScript archive holds code as well as weights. The code runs in
+    TorchScript's interpreter, not in Python, and its data is read by
+    TorchScript's own restricted unpickler; still, treat an archive from an
+    unknown source as a program. A loaded ScriptModule takes no forward
+    hooks, so defenses that read a layer's activations (Fine-Pruning, the
+    activation filter) need the weights as a state_dict and the architecture
+    as code; black-box defenses such as STRIP only call it.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import torch
+    >>> from backdoorlearn.models import SmallCNN, load_model
+    >>> net = SmallCNN(in_channels=1, n_classes=10).eval()
+    >>> path = os.path.join(tempfile.mkdtemp(), "weights.pt")
+    >>> torch.save(net.state_dict(), path)
+    >>> loaded = load_model(path, arch="backdoorlearn.models:SmallCNN",
+    ...                     arch_kwargs='{"in_channels": 1, "n_classes": 10}')
+    >>> x = torch.rand(4, 1, 8, 8)
+    >>> bool(torch.allclose(loaded(x), net(x)))
+    True
+    >>> load_model(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: path '...weights.pt' holds a state_dict (weights only): pass arch='package.module:Class' ...
+    """
+    name = os.fspath(path)
+    device = resolve_device(device)
+    kind = _file_kind(name)
+    if kind != "state_dict" and (arch is not None or arch_kwargs is not None):
+        raise ValueError(
+            f"arch and arch_kwargs apply to state_dict files only; path {name!r} is a "
+            f"{_KIND_NAMES[kind]}, which carries its own architecture."
+        )
+    if kind == "torchscript":
+        return _load_torchscript(name, device)
+    if kind == "hdf5":
+        return load_keras_h5(name, device=device)
+    if arch is None:
+        raise ValueError(
+            f"path {name!r} holds a state_dict (weights only): pass arch='package.module:Class' "
+            "(and arch_kwargs as JSON) naming the architecture to load it into."
+        )
+    state = _read_state_dict(name)
+    module, label = _build_arch(arch, arch_kwargs)
+    _check_fits(module, state, name, label)
+    module.load_state_dict(state, strict=True)
+    return module.to(device).eval()
+
+
+_KIND_NAMES = {"torchscript": "TorchScript archive", "hdf5": "HDF5 (Keras) file", "state_dict": "torch.save file"}
+
+
+def _file_kind(name):
+    """``"torchscript"``, ``"state_dict"`` or ``"hdf5"`` from the file's bytes, else a ValueError."""
+    if not Path(name).is_file():
+        raise FileNotFoundError(f"path {name!r} does not exist or is not a file.")
+    with open(name, "rb") as fh:
+        head = fh.read(64)
+    expected = (
+        "expected a TorchScript archive, a state_dict written by torch.save, or a Keras HDF5 file of the "
+        "CSAW HackML DeepID"
+    )
+    if head.startswith(_ZIP_SIGNATURE):
+        try:
+            with zipfile.ZipFile(name) as archive:
+                entries = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ValueError(
+                f"path {name!r} starts like a zip archive (TorchScript or torch.save) but cannot be read as "
+                f"one: it is truncated or corrupt ({exc})."
+            ) from None
+        # torch writes every entry under one top-level folder; TorchScript adds its code/ and constants.pkl.
+        if any(re.fullmatch(r"[^/]+/code/.+", e) for e in entries) and any(
+            re.fullmatch(r"[^/]+/constants\.pkl", e) for e in entries
+        ):
+            return "torchscript"
+        if any(re.fullmatch(r"[^/]+/data\.pkl", e) for e in entries):
+            return "state_dict"
+        shown = ", ".join(entries[:6]) + (f", ... ({len(entries)} entries)" if len(entries) > 6 else "")
+        hint = ""
+        if "config.json" in entries and any(e.endswith(".weights.h5") for e in entries):
+            hint = " It looks like a Keras 3 '.keras' archive, which is not read here."
+        elif entries and all(e.endswith(".npy") for e in entries):
+            hint = " It looks like a numpy .npz archive (data, not a model)."
+        raise ValueError(f"path {name!r} is a zip archive of an unsupported kind ({expected}); entries: {shown}.{hint}")
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return "state_dict"
+    if _has_hdf5_signature(name):
+        return "hdf5"
+    if head[:1] == b"\x80":
+        raise ValueError(
+            f"path {name!r} is a Python pickle, which is refused: unpickling can run arbitrary code ({expected}). "
+            "Save the weights with torch.save(model.state_dict(), path) instead."
+        )
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(name):
+        raise ValueError(
+            f"path {name!r} looks like a safetensors file, which is not read here ({expected}); convert it "
+            "with torch.save(safetensors.torch.load_file(path), 'weights.pt')."
+        )
+    what = "an empty file" if not head else f"its first bytes are {head[:16]!r}"
+    raise ValueError(f"path {name!r} is not a model file of a supported kind ({expected}); {what}.")
+
+
+def _load_torchscript(name, device):
+    try:
+        with warnings.catch_warnings():
+            # torch deprecates torch.jit.load in favour of torch.export; the archive at hand is
+            # TorchScript, so the warning tells the caller nothing to act on.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated",
+                                    category=DeprecationWarning)
+            module = torch.jit.load(name, map_location=device)
+    except RuntimeError as exc:
+        raise ValueError(f"path {name!r} is a TorchScript archive that cannot be loaded: {exc}") from None
+    return module.eval()
+
+
+def _read_state_dict(name):
+    try:
+        state = torch.load(name, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        names = f" (it names {found.group(1)})" if found else ""
+        # Not chained: torch's message suggests weights_only=False, which is exactly what must not happen.
+        raise ValueError(
+            f"path {name!r} holds a pickled Python object{names}, not weights only: loading it could run "
+            "arbitrary code, so it is refused. Save the weights instead, torch.save(model.state_dict(), path), "
+            "and load them with arch='package.module:Class'; or save a TorchScript archive, "
+            "torch.jit.script(model).save(path)."
+        ) from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise ValueError(f"path {name!r} cannot be read as a torch.save file: truncated or corrupt ({exc}).") from None
+    if not isinstance(state, Mapping) or not state:
+        raise ValueError(
+            f"path {name!r} must hold a state_dict (a dict of parameter name to tensor); "
+            f"it holds {'an empty dict' if isinstance(state, Mapping) else type(state).__name__}."
+        )
+    not_tensors = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        hint = ""
+        if any(k in state for k in ("state_dict", "model_state_dict", "model")):
+            hint = " It looks like a training checkpoint: save its state_dict on its own."
+        raise ValueError(
+            f"path {name!r} must hold a state_dict (a dict of parameter name to tensor); the entries "
+            f"{_few(map(repr, not_tensors))} are not tensors.{hint}"
+        )
+    return state
+
+
+def _build_arch(arch, arch_kwargs):
+    """Instantiate ``arch`` with ``arch_kwargs``; returns the module and a label for messages."""
+    if arch_kwargs is None:
+        kwargs = {}
+    elif isinstance(arch_kwargs, str):
+        try:
+            kwargs = json.loads(arch_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"arch_kwargs must be a JSON object such as '{{\"n_classes\": 10}}'; got {arch_kwargs!r} ({exc})."
+            ) from None
+    elif isinstance(arch_kwargs, Mapping):
+        kwargs = dict(arch_kwargs)
+    else:
+        raise TypeError(f"arch_kwargs must be a dict or a JSON string; got {type(arch_kwargs).__name__}.")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(
+            f"arch_kwargs must give keyword arguments, a JSON object such as '{{\"n_classes\": 10}}'; "
+            f"got {arch_kwargs!r}."
+        )
+    if isinstance(arch, str):
+        label = repr(arch)
+        if not _ARCH_PATH.fullmatch(arch):
+            raise ValueError(
+                "arch must be an import path 'package.module:Class' (for example "
+                f"'backdoorlearn.models:SmallCNN'); got {arch!r}."
+            )
+        module_name, qualname = arch.split(":")
+        try:
+            target = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"arch={arch!r}: the module {module_name!r} cannot be imported ({exc}).") from exc
+        for part in qualname.split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise ValueError(f"arch={arch!r}: the module {module_name!r} has no attribute {qualname!r}.") from None
+    elif isinstance(arch, nn.Module):
+        raise TypeError(
+            "arch must name an architecture (an import path or a class), not a module instance; to load "
+            "weights into a module you hold, use backdoorlearn.models.load_weights(module, path)."
+        )
+    else:
+        target, label = arch, getattr(arch, "__qualname__", repr(arch))
+    is_module_class = inspect.isclass(target) and issubclass(target, nn.Module)
+    if not is_module_class and not inspect.isfunction(target):
+        raise TypeError(
+            f"arch={label} must be a torch.nn.Module subclass (or a function returning a module); "
+            f"it is {target!r}."
+        )
+    try:
+        module = target(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"arch={label} could not be built with arch_kwargs={kwargs!r}: {exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"arch={label} returned a {type(module).__name__}, not a torch.nn.Module.")
+    return module, label
+
+
+def _check_fits(module, state, name, label):
+    """Raise a ValueError listing every key and shape that ``state`` and ``module`` disagree on."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the architecture"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys (in the architecture, not in the file): {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys (in the file, not in the architecture): {_few(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches: {_few(shapes)}")
+    for prefix, origin in (("module.", "nn.DataParallel or DistributedDataParallel"), ("_orig_mod.", "torch.compile")):
+        if unexpected and all(k.startswith(prefix) for k in unexpected) and (
+            {k[len(prefix):] for k in unexpected} >= set(missing)
+        ):
+            problems.append(f"the file's keys carry the prefix {prefix!r} of a model wrapped by {origin}: "
+                            "save the inner module's state_dict")
+            break
+    if problems:
+        raise ValueError(f"path {name!r} does not fit the architecture arch={label}: " + "; ".join(problems) + ".")
+
+
+def _few(items, limit=8):
+    items = list(items)
+    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 # --------------------------------------------------------------------------- Keras HDF5 (CSAW HackML)
@@ -252,6 +572,7 @@ def load_keras_h5(path, *, n_classes=None, device="cpu"):
     See Also
     --------
     DeepID : The torch module loaded into.
+    load_model : One entry point for every model file kind.
     backdoorlearn.datasets.load_hackml_h5 : The challenge's data files.
 
     Notes
