@@ -3,9 +3,19 @@
 from ._benchmark import default_trigger, make_backdoor_benchmark
 from ._digits import load_digits
 from ._loaders import load_cifar10, load_gtsrb, load_hackml_h5, load_mnist
+from ._mnist5k import load_mnist5k
 from ._signs import make_traffic_signs
+from ._zoo import ZooModel, ZooSpec, get_data_home, load_zoo_model, make_model_zoo, make_trigger, zoo_specs
 
 __all__ = [
+    "ZooModel",
+    "ZooSpec",
+    "get_data_home",
+    "load_mnist5k",
+    "load_zoo_model",
+    "make_model_zoo",
+    "make_trigger",
+    "zoo_specs",
     "default_trigger",
     "load_cifar10",
     "load_digits",
