@@ -8,6 +8,9 @@ import pytest
 
 from backdoorlearn.datasets import load_cifar10, load_gtsrb, load_hackml_h5, load_mnist
 
+# every case reads a file; none may hang (the thread method ends even a hang inside C code)
+pytestmark = pytest.mark.timeout(60, method="thread")
+
 
 def _idx(array, dtype_code=0x08):
     header = bytes([0, 0, dtype_code, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
