@@ -111,3 +111,115 @@ def test_mnist_contract_pixels_and_labels(tmp_path):
     _mnist(tmp_path, _idx_header((0, 28, 28)), n=0)
     with pytest.raises(ValueError, match="disagree or are empty"):
         load_mnist(tmp_path)
+
+
+# --- CIFAR-10 (python pickles and binary batches) --------------------------------------------------------------
+
+
+def _op_bytes(value):
+    return b"C" + bytes([len(value)]) + value if len(value) < 256 else b"B" + struct.pack("<I", len(value)) + value
+
+
+def _batch_with(data_ops, label_ops=b"](K\x00e"):
+    """A protocol-2 pickle of {b'data': <data_ops>, b'labels': <label_ops>}."""
+    return b"\x80\x02}(" + _op_bytes(b"data") + data_ops + _op_bytes(b"labels") + label_ops + b"u."
+
+
+def _billion_laughs(levels=9, width=10):
+    """Nested lists that share one list per level: 7 KB at most, width**levels integers once expanded."""
+    ops = b"](" + b"K\x00" * width + b"eq\x00"
+    for level in range(1, levels + 1):
+        ops += b"](" + (b"h" + bytes([level - 1])) * width + b"eq" + bytes([level])
+    return ops
+
+
+def test_cifar_billion_laughs_is_refused_quickly(tmp_path):
+    raw = _batch_with(_billion_laughs())
+    assert len(raw) < 7000
+    (tmp_path / "test_batch").write_bytes(raw)
+    with pytest.raises(pickle.UnpicklingError, match="memo reuse of a list \\(shared structure\\)"):
+        load_cifar10(tmp_path, subset="test")
+
+
+@pytest.fixture
+def warm_print_extension():
+    """`print` registered in copyreg's extension registry and already in its cache."""
+    code = 0x7A5C
+    copyreg.add_extension("builtins", "print", code)
+    assert pickle.loads(b"\x80\x02\x83" + struct.pack("<H", code) + b".") is print  # warms the cache
+    yield code
+    copyreg.remove_extension("builtins", "print", code)
+
+
+def test_cifar_ext_opcodes_never_run_code_even_with_a_warm_cache(tmp_path, capsys, warm_print_extension):
+    call = b"\x83" + struct.pack("<H", warm_print_extension) + b"X" + struct.pack("<I", 5) + b"pwned\x85R"
+    (tmp_path / "test_batch").write_bytes(_batch_with(call))
+    with pytest.raises(pickle.UnpicklingError, match="EXT2"):
+        load_cifar10(tmp_path, subset="test")
+    assert "pwned" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("ops, message", [
+    (b"cos\nsystem\n", "refusing to load os.system"),
+    (b"\x8c\x02os\x8c\x06system\x93", "refusing to load os.system"),
+    (b"(cbuiltins\nlist\nN\x85R", "refusing to load builtins.list"),
+    (b"(K\x00i__main__\nX\n", "opcode INST"),
+    (b"N\x85N\x81", "opcode NEWOBJ"),
+    (b"X\x03\x00\x00\x00abcQ", "opcode BINPERSID"),
+    (b"]q\x002h\x00", "opcode DUP"),
+    (b"\x8b\x00\x00\x01\x00", "opcode LONG4"),
+])
+def test_cifar_pickle_opcodes_beyond_plain_data_are_refused(tmp_path, ops, message):
+    (tmp_path / "test_batch").write_bytes(_batch_with(ops))
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        load_cifar10(tmp_path, subset="test")
+
+
+def test_cifar_truncated_and_malformed_python_batches(tmp_path):
+    data = np.zeros((2, 3072), np.uint8)
+    good = pickle.dumps({b"data": data.tobytes(), b"labels": [1, 2]}, protocol=4)
+    path = tmp_path / "test_batch"
+    for raw, message in [(good[:-40], "truncated"), (good[:-1], "truncated"), (b"", "truncated"),
+                         (b"\x80\x02K\x01K\x02.", "malformed pickle: STOP"),
+                         (pickle.dumps([1, 2]), "not a CIFAR-10 python batch"),
+                         (_batch_with(_op_bytes(bytes(3000))), "b'data' must hold uint8 images")]:
+        path.write_bytes(raw)
+        with pytest.raises(ValueError, match=f"{_named(path)}.*{message}"):
+            load_cifar10(tmp_path, subset="test")
+
+
+def test_cifar_python_batch_is_bounded_by_max_bytes(tmp_path):
+    data = np.zeros((20, 3072), np.uint8)
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": data.tobytes(), b"labels": list(range(10)) * 2}, f)
+    with pytest.raises(ValueError, match="max_bytes=50000"):
+        load_cifar10(tmp_path, subset="test", max_bytes=50_000)
+    assert load_cifar10(tmp_path, subset="test", max_bytes=2**20)[0].shape == (20, 3, 32, 32)
+
+
+def test_cifar_contract_labels_and_batches(tmp_path):
+    data = np.zeros((2, 3072), np.uint8)
+    path = tmp_path / "test_batch"
+    for labels, message in [([0, 1, 2, 3, 4], "a list of 5"), ([99, 1], "labels lie in 0-9; got \\[99\\]"),
+                            ([-1, 1], "labels lie in 0-9; got \\[-1\\]"), ([1.0, 2.0], "list of 2 integers"),
+                            ([True, False], "list of 2 integers")]:
+        with open(path, "wb") as f:
+            pickle.dump({b"data": data.tobytes(), b"labels": labels}, f)
+        with pytest.raises(ValueError, match=f"{_named(path)}.*{message}"):
+            load_cifar10(tmp_path, subset="test")
+    path.unlink()
+    rows = np.zeros((2, 3073), np.uint8)
+    rows[:, 0] = [3, 99]
+    (tmp_path / "test_batch.bin").write_bytes(rows.tobytes())
+    with pytest.raises(ValueError, match="labels lie in 0-9; got \\[99\\]"):
+        load_cifar10(tmp_path, subset="test")
+    rows[:, 0] = [3, 4]
+    (tmp_path / "data_batch_1.bin").write_bytes(rows.tobytes())
+    with pytest.raises(FileNotFoundError, match="data_batch_2, data_batch_3, data_batch_4, data_batch_5"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar_fifo_batch_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "test_batch.bin")
+    with pytest.raises(ValueError, match="is a FIFO, not a regular file"):
+        load_cifar10(tmp_path, subset="test")
