@@ -223,3 +223,98 @@ def test_cifar_fifo_batch_is_refused(tmp_path):
     os.mkfifo(tmp_path / "test_batch.bin")
     with pytest.raises(ValueError, match="is a FIFO, not a regular file"):
         load_cifar10(tmp_path, subset="test")
+
+
+# --- GTSRB (CSV names and PPM images) ----------------------------------------------------------------------------
+
+_GT_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+_PPM = b"P6\n2 2\n255\n" + bytes([200, 10, 10]) * 4
+
+
+def _gtsrb(root, filename="a.ppm", class_id=0, folder="00000"):
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    if filename == "a.ppm":
+        (root / folder / "a.ppm").write_bytes(_PPM)
+    (root / folder / f"GT-{folder}.csv").write_text(_GT_HEADER + f"{filename};2;2;0;0;2;2;{class_id}\n")
+    return root / folder / f"GT-{folder}.csv"
+
+
+@pytest.fixture
+def secret(tmp_path):
+    path = tmp_path / "secret.ppm"  # a valid image outside the data set, which must never be read
+    path.write_bytes(_PPM)
+    return path
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "windows"])
+def test_gtsrb_filename_that_escapes_the_folder_is_refused(tmp_path, secret, how):
+    root = tmp_path / "root"
+    filename = {"dotdot": "../../secret.ppm", "absolute": str(secret), "windows": "..\\..\\secret.ppm"}[how]
+    csv_path = _gtsrb(root, filename)
+    with pytest.raises(ValueError, match=f"{_named(csv_path)}, line 2, lists .*not a file name inside"):
+        load_gtsrb(root)
+
+
+def test_gtsrb_symlinks_leading_outside_are_refused(tmp_path, secret):
+    root = tmp_path / "root"
+    csv_path = _gtsrb(root, "link.ppm")
+    (root / "00000" / "link.ppm").symlink_to(secret)
+    with pytest.raises(ValueError, match=f"{_named(csv_path)}, line 2, lists 'link.ppm', which leads outside"):
+        load_gtsrb(root)
+    # a symlink that stays inside the folder is fine
+    (root / "00000" / "a.ppm").write_bytes(_PPM)
+    (root / "00000" / "link.ppm").unlink()
+    (root / "00000" / "link.ppm").symlink_to(root / "00000" / "a.ppm")
+    assert load_gtsrb(root, image_size=2)[1].tolist() == [0]
+
+    # a class folder, or an annotation file, that is a link to somewhere else
+    elsewhere = tmp_path / "elsewhere"
+    _gtsrb(elsewhere, folder="00001", class_id=1)
+    (root / "00001").symlink_to(elsewhere / "00001")
+    with pytest.raises(ValueError, match="lists '00001', which leads outside"):
+        load_gtsrb(root)
+    (root / "00001").unlink()
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "00000" / "GT-00000.csv").unlink()
+    (root / "00000" / "GT-00000.csv").symlink_to(passwd)
+    with pytest.raises(ValueError, match="lists '00000/GT-00000.csv', which leads outside") as info:
+        load_gtsrb(root)
+    assert "root:x" not in str(info.value)
+
+
+def test_gtsrb_test_subset_names_are_contained_too(tmp_path, secret):
+    images = tmp_path / "root" / "Final_Test" / "Images"
+    images.mkdir(parents=True)
+    (images / "00000.ppm").write_bytes(_PPM)
+    (images / "GT-final_test.csv").write_text(_GT_HEADER + "../../../secret.ppm;2;2;0;0;2;2;0\n")
+    with pytest.raises(ValueError, match="not a file name inside"):
+        load_gtsrb(tmp_path / "root", subset="test")
+
+
+def test_gtsrb_contract_class_ids(tmp_path):
+    root = tmp_path / "root"
+    _gtsrb(root, class_id=-5)
+    with pytest.raises(ValueError, match="line 2: ClassId must be 0, the number of its class folder; got -5"):
+        load_gtsrb(root)
+    _gtsrb(root, class_id=3)
+    with pytest.raises(ValueError, match="ClassId must be 0, the number of its class folder; got 3"):
+        load_gtsrb(root)
+
+
+def test_gtsrb_output_size_is_checked_before_any_image_is_read(tmp_path):
+    root = tmp_path / "root"
+    _gtsrb(root, "missing.ppm")
+    with pytest.raises(ValueError, match="1 images of 3x1000x1000 float32 need .*max_bytes=1000000"):
+        load_gtsrb(root, image_size=1000, max_bytes=10**6)
+    with pytest.raises(ValueError, match="max_bytes"):
+        load_gtsrb(root, image_size=30_000)  # 10.8 GB of output at the default limit
+
+
+def test_gtsrb_image_is_bounded_by_max_bytes(tmp_path):
+    root = tmp_path / "root"
+    _gtsrb(root)
+    (root / "00000" / "a.ppm").write_bytes(b"P6\n600 600\n255\n" + bytes(600 * 600 * 3))
+    (root / "00000" / "GT-00000.csv").write_text(_GT_HEADER + "a.ppm;600;600;0;0;600;600;0\n")
+    with pytest.raises(ValueError, match="the 600x600 image as float32 need"):
+        load_gtsrb(root, max_bytes=2 * 10**6)

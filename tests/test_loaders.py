@@ -98,6 +98,13 @@ def test_load_cifar10_python_batches_with_numpy_arrays(tmp_path, rng):
         assert y2.tolist() == [3, 1, 4]
 
 
+def test_loaders_validate_max_bytes(tmp_path):
+    for load in (load_mnist, load_cifar10, load_gtsrb):
+        for bad in (0, -1, 2.5, True, "2G"):
+            with pytest.raises(ValueError, match=f"max_bytes in {load.__name__} must be a positive integer"):
+                load(tmp_path, max_bytes=bad)
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("pwned",))
