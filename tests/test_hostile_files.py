@@ -318,3 +318,140 @@ def test_gtsrb_image_is_bounded_by_max_bytes(tmp_path):
     (root / "00000" / "GT-00000.csv").write_text(_GT_HEADER + "a.ppm;600;600;0;0;600;600;0\n")
     with pytest.raises(ValueError, match="the 600x600 image as float32 need"):
         load_gtsrb(root, max_bytes=2 * 10**6)
+
+
+# --- CSAW HackML (.h5) -----------------------------------------------------------------------------------------
+
+_SHAPE = (2, 1, 4, 4)
+
+
+@pytest.fixture
+def h5py():
+    return pytest.importorskip("h5py")
+
+
+def _hackml(path, **extra):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("label", data=np.zeros(2, np.int64))
+        for key, value in extra.items():
+            if callable(value):
+                value(f)
+            else:
+                f.create_dataset(key, data=value)
+    return path
+
+
+def test_hackml_external_storage_is_refused(tmp_path, h5py):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    path = _hackml(tmp_path / "x.h5", data=lambda f: f.create_dataset(
+        "data", shape=_SHAPE, dtype=np.uint8, external=[(str(secret), 0, 32)]))
+    with pytest.raises(ValueError, match=f"{_named(path)}: 'data' keeps its data in external file.*secret.txt"):
+        load_hackml_h5(path)
+
+
+def test_hackml_links_and_virtual_datasets_are_refused(tmp_path, h5py):
+    other = _hackml(tmp_path / "other.h5", data=np.full(_SHAPE, 7, np.uint8))
+    cases = {
+        "ExternalLink": lambda f: f.__setitem__("data", h5py.ExternalLink(str(other), "/data")),
+        "SoftLink": lambda f: (f.create_dataset("hidden", data=np.zeros(_SHAPE, np.uint8)),
+                               f.__setitem__("data", h5py.SoftLink("/hidden"))),
+    }
+    for kind, make in cases.items():
+        path = _hackml(tmp_path / f"{kind}.h5", data=make)
+        with pytest.raises(ValueError, match=f"'data' is an HDF5 {kind}.*refusing to follow it"):
+            load_hackml_h5(path)
+
+    def virtual(f):
+        layout = h5py.VirtualLayout(shape=_SHAPE, dtype=np.uint8)
+        layout[:] = h5py.VirtualSource(str(other), "data", shape=_SHAPE)
+        f.create_virtual_dataset("data", layout)
+
+    with pytest.raises(ValueError, match="'data' is a virtual dataset"):
+        load_hackml_h5(_hackml(tmp_path / "virtual.h5", data=virtual))
+
+
+def test_hackml_filters_that_cannot_be_bounded_are_refused(tmp_path, h5py):
+    path = _hackml(tmp_path / "x.h5", data=lambda f: f.create_dataset(
+        "data", shape=_SHAPE, dtype=np.uint8, chunks=_SHAPE, compression=32001, allow_unknown_filter=True))
+    with pytest.raises(ValueError, match="uses the HDF5 filter\\(s\\) \\[32001\\]"):
+        load_hackml_h5(path)
+    path = _hackml(tmp_path / "lzf.h5", data=lambda f: f.create_dataset(
+        "data", data=np.zeros(_SHAPE, np.uint8), compression="lzf"))
+    with pytest.raises(ValueError, match="uses the HDF5 filter\\(s\\) \\[32000\\]"):
+        load_hackml_h5(path)
+
+
+def test_hackml_fill_value_bomb_is_refused_before_reading(tmp_path, h5py):
+    # a few KB on disk that declare 12 GB of float64 (and 6 GB more as float32)
+    path = _hackml(tmp_path / "x.h5", data=lambda f: f.create_dataset(
+        "data", shape=(200_000, 3, 55, 47), dtype=np.float64, chunks=(100, 3, 55, 47), compression="gzip",
+        fillvalue=1.0))
+    assert path.stat().st_size < 20_000
+    with pytest.raises(ValueError, match="'data' declares shape \\(200000, 3, 55, 47\\) of float64.*max_bytes"):
+        load_hackml_h5(path)
+    path = _hackml(tmp_path / "small.h5", data=lambda f: f.create_dataset(
+        "data", shape=(2000, 3, 55, 47), dtype=np.float64, chunks=(100, 3, 55, 47), compression="gzip"))
+    with pytest.raises(ValueError, match="max_bytes=1000000"):
+        load_hackml_h5(path, max_bytes=10**6)
+
+
+def _zlib_zeros(n):
+    compressor, out = zlib.compressobj(9), []
+    block = bytes(2**20)
+    for _ in range(n // 2**20):
+        out.append(compressor.compress(block))
+    return b"".join(out) + compressor.flush()
+
+
+def test_hackml_deflate_chunk_bomb_is_refused(tmp_path, h5py):
+    # HDF5's deflate filter grows its buffer until the stream ends: this 64-byte chunk would
+    # make it allocate 32 MiB (a 2 MB file, 2 GB)
+    def bomb(f):
+        dset = f.create_dataset("data", shape=_SHAPE, dtype=np.uint8, chunks=_SHAPE, compression="gzip")
+        dset.id.write_direct_chunk((0, 0, 0, 0), _zlib_zeros(32 * 2**20), filter_mask=0)
+
+    with pytest.raises(ValueError, match="inflates beyond its 32 bytes \\(a compression bomb\\)"):
+        load_hackml_h5(_hackml(tmp_path / "x.h5", data=bomb))
+
+
+def test_hackml_corrupt_chunk_and_truncated_file(tmp_path, h5py):
+    def corrupt(f):
+        dset = f.create_dataset("data", shape=_SHAPE, dtype=np.uint8, chunks=_SHAPE, compression="gzip")
+        dset.id.write_direct_chunk((0, 0, 0, 0), b"definitely not zlib", filter_mask=0)
+
+    path = _hackml(tmp_path / "corrupt.h5", data=corrupt)
+    with pytest.raises(ValueError, match=f"{_named(path)}: 'data' has a corrupt compressed chunk"):
+        load_hackml_h5(path)
+    path = _hackml(tmp_path / "truncated.h5", data=np.zeros((50, 3, 55, 47), np.uint8))
+    path.write_bytes(path.read_bytes()[:100_000])
+    with pytest.raises(ValueError, match=f"{_named(path)}.*(truncated|corrupt)"):
+        load_hackml_h5(path)
+
+
+def test_hackml_many_tiny_chunks_are_refused(tmp_path, h5py):
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", shape=(2**21, 1, 1, 1), dtype=np.uint8, chunks=(1, 1, 1, 1))
+        f.create_dataset("label", shape=(2**21,), dtype=np.uint8)
+    with pytest.raises(ValueError, match="'data' is cut into 2097152 chunks"):
+        load_hackml_h5(path)
+
+
+def test_hackml_contract_labels_and_types(tmp_path, h5py):
+    path = _hackml(tmp_path / "neg.h5", data=np.zeros(_SHAPE, np.uint8))
+    with h5py.File(path, "a") as f:
+        f["label"][0] = -7
+    with pytest.raises(ValueError, match="'label' must hold non-negative labels.*-7"):
+        load_hackml_h5(path)
+    path = _hackml(tmp_path / "str.h5", data=np.array([["a"] * 4] * 2, dtype=h5py.string_dtype()))
+    with pytest.raises(ValueError, match="'data' must hold numbers"):
+        load_hackml_h5(path)
+
+
+def test_hackml_fifo_is_refused(tmp_path, h5py):
+    os.mkfifo(tmp_path / "x.h5")
+    with pytest.raises((ValueError, FileNotFoundError), match="x.h5"):
+        load_hackml_h5(tmp_path / "x.h5")
