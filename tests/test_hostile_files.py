@@ -455,3 +455,103 @@ def test_hackml_fifo_is_refused(tmp_path, h5py):
     os.mkfifo(tmp_path / "x.h5")
     with pytest.raises((ValueError, FileNotFoundError), match="x.h5"):
         load_hackml_h5(tmp_path / "x.h5")
+
+
+# --- Trigger files (.npz) --------------------------------------------------------------------------------------
+
+
+def _npy_header(shape, descr="<f4"):
+    header = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+
+
+def _npz(path, members, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, raw in members.items():
+            zf.writestr(name, raw)
+    return path
+
+
+def test_trigger_npz_bomb_is_refused_from_its_header(tmp_path):
+    # mask.npy declares a (32768, 32768) float32 array (4 GiB) in a file of a few hundred bytes
+    path = _npz(tmp_path / "t.npz", {"mask.npy": _npy_header((2**15, 2**15)) + bytes(64),
+                                     "pattern.npy": _npy_header((2**15, 2**15)) + bytes(64)})
+    with pytest.raises(ValueError, match=f"{_named(path)}: the trigger's mask .* need .*max_bytes"):
+        Trigger.load(path)
+
+
+def test_trigger_compressed_bomb_is_checked_against_the_image_shape(tmp_path):
+    mask = _npy_header((4096, 4096)) + bytes(4096 * 4096 * 4)  # 64 MiB deflated into ~64 KB
+    path = _npz(tmp_path / "t.npz", {"mask.npy": mask, "pattern.npy": mask}, zipfile.ZIP_DEFLATED)
+    with pytest.raises(ValueError, match="images of shape \\(1, 8, 8\\) need \\(H, W\\) = \\(8, 8\\)"):
+        Trigger.load(path, image_shape=(8, 8))
+    with pytest.raises(ValueError, match="max_bytes"):
+        Trigger.load(path, max_bytes=2**20)
+
+
+def test_trigger_pickles_and_object_arrays_are_refused(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "object.npz"
+    np.savez(path, mask=np.array([Evil()], dtype=object), pattern=np.ones((4, 4)))
+    with pytest.raises(ValueError, match="pickle"):
+        Trigger.load(path)
+    path = tmp_path / "pickle.npz"
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match="pickle|not an .npz archive"):
+        Trigger.load(path)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_trigger_truncated_corrupt_and_odd_files(tmp_path):
+    good = tmp_path / "good.npz"
+    Trigger.patch((1, 8, 8), size=2).save(good)
+    raw = good.read_bytes()
+    path = tmp_path / "bad.npz"
+    for content, message in [(raw[: len(raw) // 2], "not an .npz archive"), (b"", "not an .npz archive"),
+                             (raw.replace(b"mask.npy", b"mosk.npy"), "missing \\['mask'\\]")]:
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{_named(path)}.*{message}"):
+            Trigger.load(path)
+    # a bzip2 member: zipfile inflates those without an output bound
+    _npz(path, {"mask.npy": _npy_header((8, 8)) + bytes(256), "pattern.npy": _npy_header((8, 8)) + bytes(256)},
+         zipfile.ZIP_BZIP2)
+    with pytest.raises(ValueError, match="zip method 12"):
+        Trigger.load(path)
+    _npz(path, {"mask.npy": _npy_header((8, 8), "<c8") + bytes(512), "pattern.npy": _npy_header((8, 8)) + bytes(256)})
+    with pytest.raises(ValueError, match="'mask.npy' holds complex64 values"):
+        Trigger.load(path)
+    _npz(path, {"mask.npy": _npy_header((8, 8)) + bytes(100), "pattern.npy": _npy_header((8, 8)) + bytes(256)})
+    with pytest.raises(ValueError, match="truncated"):
+        Trigger.load(path)
+    os.mkfifo(tmp_path / "fifo.npz")
+    with pytest.raises(ValueError, match="is a FIFO"):
+        Trigger.load(tmp_path / "fifo.npz")
+
+
+def test_trigger_save_is_atomic_under_concurrent_loads(tmp_path):
+    path = tmp_path / "t.npz"
+    small, large = Trigger.patch((3, 64, 64), size=2), Trigger.blend(np.random.default_rng(0).random((3, 64, 64)), 0.2)
+    small.save(path)
+    stop, failures = threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                assert Trigger.load(path) in (small, large)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported
+                failures.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(60):
+            (small if i % 2 else large).save(path)
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures, failures[:3]
+    assert sorted(os.listdir(tmp_path)) == ["t.npz"]  # no temporary file left behind
