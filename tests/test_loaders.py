@@ -1,12 +1,16 @@
 import gzip
 import pickle
 import re
+import struct
 import sys
 
 import numpy as np
 import pytest
 
 from backdoorlearn.datasets import load_cifar10, load_gtsrb, load_hackml_h5, load_mnist
+
+# every case reads a file; none may hang (the thread method ends even a hang inside C code)
+pytestmark = pytest.mark.timeout(60, method="thread")
 
 
 def _idx(array, dtype_code=0x08):
@@ -49,13 +53,56 @@ def test_load_mnist_errors(mnist_dir, tmp_path):
 def test_load_cifar10_binary_and_python(tmp_path, rng):
     rows = rng.integers(0, 256, (4, 3073), dtype=np.uint8)
     rows[:, 0] = [1, 2, 3, 4]
-    (tmp_path / "data_batch_1.bin").write_bytes(rows.tobytes())
+    for i in (1, 3, 4, 5):
+        (tmp_path / f"data_batch_{i}.bin").write_bytes(rows.tobytes())
     data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
     with open(tmp_path / "data_batch_2", "wb") as f:
         pickle.dump({b"data": data.tobytes(), b"labels": [7, 8, 9]}, f)
     X, y = load_cifar10(tmp_path)
-    assert X.shape == (7, 3, 32, 32) and y.tolist() == [1, 2, 3, 4, 7, 8, 9]
+    assert X.shape == (19, 3, 32, 32) and X.dtype == np.float32 and y.dtype == np.int64
+    assert y.tolist() == [1, 2, 3, 4, 7, 8, 9] + [1, 2, 3, 4] * 3
     np.testing.assert_allclose(X[4].reshape(-1) * 255, data[0], atol=1e-3)
+    np.testing.assert_allclose(X[:4].reshape(4, -1) * 255, rows[:, 1:], atol=1e-3)
+
+
+def _py2_batch(data, labels):
+    """A python-version batch byte for byte as CIFAR-10 ships it (cPickle, protocol 2, Python 2 str)."""
+    def s(b):
+        return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+    n = len(data)
+    out = b"\x80\x02}q\x01(" + s(b"data") + b"q\x02cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04"
+    out += b"K\x00\x85" + s(b"b") + b"\x87Rq\x05(K\x01M" + struct.pack("<H", n) + b"M\x00\x0c\x86"
+    out += b"cnumpy\ndtype\nq\x06" + s(b"u1") + b"K\x00K\x01\x87Rq\x07(K\x03" + s(b"|")
+    out += b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89" + s(data.tobytes()) + b"tb"
+    out += s(b"labels") + b"q\x08]q\t(" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
+    out += s(b"batch_label") + b"q\n" + s(b"testing batch 1 of 1") + b"q\x0b"
+    out += s(b"filenames") + b"q\x0c]q\r(" + b"".join(s(b"img_%d.png" % i) for i in range(n)) + b"eu."
+    return out
+
+
+def test_load_cifar10_python_batches_with_numpy_arrays(tmp_path, rng):
+    data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    raw = _py2_batch(data, [3, 1, 4])
+    assert pickle.loads(raw, encoding="bytes")[b"data"].shape == (3, 3072)  # the fixture is a real pickle
+    (tmp_path / "test_batch").write_bytes(raw)
+    X, y = load_cifar10(tmp_path, subset="test")
+    assert y.tolist() == [3, 1, 4]
+    np.testing.assert_allclose(X.reshape(3, -1) * 255, data, atol=1e-3)
+    # the same batch pickled by this numpy, at every protocol that pickles arrays in-band
+    for protocol in (3, 4, 5):
+        with open(tmp_path / "test_batch", "wb") as f:
+            pickle.dump({b"data": data, b"labels": [3, 1, 4], b"batch_label": "x"}, f, protocol=protocol)
+        X2, y2 = load_cifar10(tmp_path, subset="test")
+        np.testing.assert_array_equal(X2, X)
+        assert y2.tolist() == [3, 1, 4]
+
+
+def test_loaders_validate_max_bytes(tmp_path):
+    for load in (load_mnist, load_cifar10, load_gtsrb):
+        for bad in (0, -1, 2.5, True, "2G"):
+            with pytest.raises(ValueError, match=f"max_bytes in {load.__name__} must be a positive integer"):
+                load(tmp_path, max_bytes=bad)
 
 
 class _Evil:

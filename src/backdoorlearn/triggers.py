@@ -288,19 +288,152 @@ class Trigger:
     __call__ = apply
 
     def save(self, path):
-        """Save mask and pattern to a ``.npz`` file (no pickle)."""
-        np.savez(path, mask=self.mask, pattern=self.pattern, name=np.array(self.name or ""))
+        """Save mask, pattern and name to an ``.npz`` file (numpy arrays, no pickle).
+
+        The file is written under a temporary name in the same folder and then
+        renamed, so a reader never sees half a file, even while another
+        process saves to the same path.
+
+        Parameters
+        ----------
+        path : str, path-like or file-like
+            Where to write; ``.npz`` is appended to a name without it, as
+            :func:`numpy.savez` does.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> from backdoorlearn import Trigger
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     Trigger.patch((1, 8, 8), size=2, name="square").save(os.path.join(d, "square"))
+        ...     sorted(os.listdir(d))
+        ['square.npz']
+        """
+        import contextlib
+        import secrets
+
+        arrays = dict(mask=self.mask, pattern=self.pattern, name=np.array("" if self.name is None else str(self.name)))
+        if hasattr(path, "write"):
+            np.savez(path, **arrays)
+            return
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        tmp = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
-    def load(cls, path):
-        """Load a trigger saved by :meth:`save`; never unpickles."""
-        path = os.fspath(path)
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"mask", "pattern"} - set(data.files)
+    def load(cls, path, *, image_shape=None, max_bytes=2**28):
+        """Load a trigger saved by :meth:`save`, treating the file as untrusted.
+
+        Nothing is unpickled. The headers of the ``mask`` and ``pattern``
+        arrays are read first: each must declare a plain numeric array of
+        shape ``(H, W)`` or ``(C, H, W)``, both of the same ``H`` and ``W``
+        (those of ``image_shape`` when given), and the two together at most
+        ``max_bytes``; only then are their data read.
+
+        Parameters
+        ----------
+        path : str or path-like
+            An ``.npz`` file written by :meth:`save`.
+        image_shape : tuple of int, default=None
+            ``(C, H, W)`` or ``(H, W)`` of the images the trigger is meant
+            for: a trigger of another size, or with a channel count other than
+            1 or ``C``, is refused before its data are read.
+        max_bytes : int, default=268435456 (256 MiB)
+            The most memory, in bytes, the mask and pattern may take, as
+            stored and as float32; also the largest file read. Triggers are
+            image-sized; raise it only for very large images.
+
+        Returns
+        -------
+        trigger : Trigger
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        ValueError
+            If ``path`` is not a regular file or not an ``.npz`` archive, is
+            truncated or corrupt, lacks ``mask`` or ``pattern``, holds object
+            arrays (pickles) or non-numeric types, declares arrays of the wrong
+            shape or more than ``max_bytes``, or values a :class:`Trigger`
+            refuses (NaN, a mask outside [0, 1]).
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> from backdoorlearn import Trigger
+        >>> trigger = Trigger.patch((3, 8, 8), size=2, name="square")
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     trigger.save(os.path.join(d, "square.npz"))
+        ...     back = Trigger.load(os.path.join(d, "square.npz"), image_shape=(3, 8, 8))
+        >>> back == trigger, back.name
+        (True, 'square')
+        """
+        import math
+
+        from ._files import check_max_bytes, format_bytes, npy_header, open_npz, read_npy
+
+        max_bytes = check_max_bytes(max_bytes, caller="Trigger.load")
+        name = os.fspath(path)
+        expected = None
+        if image_shape is not None:
+            expected = tuple(int(s) for s in image_shape)
+            if len(expected) not in (2, 3) or min(expected) < 1:
+                raise ValueError(f"image_shape in Trigger.load must be (C, H, W) or (H, W); got {image_shape!r}.")
+            expected = expected if len(expected) == 3 else (1, *expected)
+        with open_npz(path, max_size=max_bytes) as zf:
+            missing = sorted({"mask", "pattern"} - {m[:-4] for m in zf.namelist() if m.endswith(".npy")})
             if missing:
-                raise ValueError(f"{path} is not a saved Trigger: missing {sorted(missing)}.")
-            name = str(data["name"]) if "name" in data.files else ""
-            return cls(data["mask"], data["pattern"], name=name or None)
+                raise ValueError(
+                    f"{name} is not a saved Trigger: missing {missing} (expected mask and pattern arrays)."
+                )
+            headers = {key: npy_header(zf, f"{key}.npy", path=name) for key in ("mask", "pattern")}
+            total = 0
+            for key, (shape, dtype) in headers.items():
+                if dtype.kind not in "biuf" or len(shape) not in (2, 3):
+                    raise ValueError(
+                        f"{name}: the trigger's {key} must be a numeric array of shape (H, W) or (C, H, W); the file "
+                        f"declares shape {shape} of {dtype}."
+                    )
+                total += math.prod(shape) * (dtype.itemsize + 4)
+            (m_shape, _), (p_shape, _) = headers["mask"], headers["pattern"]
+            if m_shape[-2:] != p_shape[-2:]:
+                raise ValueError(
+                    f"{name}: the trigger's mask and pattern must have the same height and width; the file declares "
+                    f"{m_shape} and {p_shape}."
+                )
+            if expected is not None:
+                for key, (shape, _) in headers.items():
+                    channels = shape[0] if len(shape) == 3 else 1
+                    if shape[-2:] != expected[1:] or channels not in (1, expected[0]):
+                        raise ValueError(
+                            f"{name}: the trigger's {key} has shape {shape}; images of shape {expected} need (H, W) = "
+                            f"{expected[1:]} and 1 or {expected[0]} channel(s)."
+                        )
+            if total > max_bytes:
+                raise ValueError(
+                    f"{name}: the trigger's mask {m_shape} and pattern {p_shape} need {format_bytes(total)}, more than "
+                    f"max_bytes={max_bytes}; nothing was read."
+                )
+            mask = read_npy(zf, "mask.npy", path=name, max_bytes=max_bytes)
+            pattern = read_npy(zf, "pattern.npy", path=name, max_bytes=max_bytes)
+            label = ""
+            if "name.npy" in zf.namelist():
+                value = read_npy(zf, "name.npy", path=name, max_bytes=2**16)
+                if value.shape != ():
+                    raise ValueError(f"{name}: the trigger's name must be a single string; got shape {value.shape}.")
+                label = str(value[()])
+        return cls(mask, pattern, name=label or None)
 
     def __eq__(self, other):
         if not isinstance(other, Trigger):
