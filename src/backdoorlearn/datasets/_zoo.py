@@ -148,8 +148,14 @@ def _build_specs():
             sizes = _SIZES[data]
             colors = _RGB_COLORS if data == "signs" else _GRAY_COLORS
             color = colors[i % len(colors)]
-            return ("patch", sizes[i % len(sizes)], patterns[i % len(patterns)],
-                    color if isinstance(color, float) else tuple(color), positions[i % len(positions)])
+            position = positions[i % len(positions)]
+            size = sizes[i % len(sizes)]
+            if data == "digits" and "middle" in position:
+                # Off the corners, an 8x8 digit's strokes reach the patch: 2x2 is too
+                # ambiguous to be learned reliably.
+                size = 3
+            return ("patch", size, patterns[i % len(patterns)],
+                    color if isinstance(color, float) else tuple(color), position)
 
         def blend(i):
             return ("blend", alphas[i % len(alphas)])
@@ -608,8 +614,9 @@ def load_zoo_model(entry, *, data_home=None, verbose=0):
                      poison_mask=poison, cover_mask=cover)
     zm = ZooModel(spec=spec, model=net, X_defender=X_def, y_defender=y_def, X_test=X_test,
                   y_test=y_test, truth=truth, n_classes=n_classes)
-    zm.clean_accuracy = clean_accuracy(y_test, net.predict(X_test))
-    zm.attack_success = zm.attack_success_of(net)
+    with torch.random.fork_rng(devices=[]):  # skorch's data loaders draw from the global RNG
+        zm.clean_accuracy = clean_accuracy(y_test, net.predict(X_test))
+        zm.attack_success = zm.attack_success_of(net)
     return zm
 
 
