@@ -2,6 +2,7 @@
 
 from ._benchmark import default_trigger, make_backdoor_benchmark
 from ._digits import load_digits
+from ._files import load_data_file, load_image_folder
 from ._loaders import load_cifar10, load_gtsrb, load_hackml_h5, load_mnist
 from ._mnist5k import load_mnist5k
 from ._signs import make_traffic_signs
@@ -18,7 +19,9 @@ __all__ = [
     "zoo_specs",
     "default_trigger",
     "load_cifar10",
+    "load_data_file",
     "load_digits",
+    "load_image_folder",
     "load_gtsrb",
     "load_hackml_h5",
     "load_mnist",

@@ -194,10 +194,28 @@ _PNM_SPACE = b" \t\n\v\f\r"
 
 def _read_ppm(path):
     """Read a PPM image (binary P6 or plain P3) as an (H, W, 3) float32 array in [0, 1]."""
-    raw = Path(path).read_bytes()
-    magic = raw[:2]
+    magic = Path(path).read_bytes()[:2]
     if magic not in (b"P6", b"P3"):
         raise ValueError(f"{path} is not a PPM image: it starts with {magic!r}, expected b'P6' (binary) or b'P3' (plain).")
+    return _read_pnm(path)
+
+
+_PNM_KINDS = {b"P2": ("PGM", 1, False), b"P5": ("PGM", 1, True), b"P3": ("PPM", 3, False), b"P6": ("PPM", 3, True)}
+
+
+def _read_pnm(path):
+    """Read a PGM or PPM image (binary P5/P6 or plain P2/P3) as an (H, W, C) float32 array in [0, 1].
+
+    C is 1 for PGM (grey) and 3 for PPM (colour).
+    """
+    raw = Path(path).read_bytes()
+    magic = raw[:2]
+    if magic not in _PNM_KINDS:
+        raise ValueError(
+            f"{path} is not a PGM or PPM image: it starts with {magic!r}, expected b'P5' or b'P2' (PGM), "
+            "b'P6' or b'P3' (PPM)."
+        )
+    kind, channels, binary = _PNM_KINDS[magic]
     pos, fields = 2, []
     while len(fields) < 3:
         start = pos
@@ -211,23 +229,23 @@ def _read_ppm(path):
         while pos < len(raw) and raw[pos] in b"0123456789":
             pos += 1
         if pos == start or pos == digits:
-            raise ValueError(f"{path}: malformed PPM header: expected width, height and maximum value after {magic!r}.")
+            raise ValueError(f"{path}: malformed {kind} header: expected width, height and maximum value after {magic!r}.")
         fields.append(int(raw[digits:pos]))
     width, height, maxval = fields
     if width < 1 or height < 1 or not 1 <= maxval <= 65535:
         raise ValueError(
-            f"{path}: malformed PPM header: width {width}, height {height}, maximum value {maxval} "
+            f"{path}: malformed {kind} header: width {width}, height {height}, maximum value {maxval} "
             "(expected positive sizes and a maximum value in [1, 65535])."
         )
     if pos >= len(raw) or raw[pos] not in _PNM_SPACE:
-        raise ValueError(f"{path}: malformed PPM header: no whitespace after the maximum value.")
-    n = width * height * 3
-    if magic == b"P6":
+        raise ValueError(f"{path}: malformed {kind} header: no whitespace after the maximum value.")
+    n = width * height * channels
+    if binary:
         dtype = np.dtype(np.uint8 if maxval < 256 else ">u2")
         data = raw[pos + 1:]
         if len(data) < n * dtype.itemsize:
             raise ValueError(
-                f"{path}: truncated PPM: the header announces {width}x{height} pixels ({n * dtype.itemsize} bytes "
+                f"{path}: truncated {kind}: the header announces {width}x{height} pixels ({n * dtype.itemsize} bytes "
                 f"of data) but the file holds {len(data)}."
             )
         pixels = np.frombuffer(data, dtype, count=n)
@@ -235,15 +253,16 @@ def _read_ppm(path):
         tokens = re.sub(rb"#[^\r\n]*", b"", raw[pos:]).split()
         if len(tokens) < n:
             raise ValueError(
-                f"{path}: truncated PPM: the header announces {width}x{height} pixels ({n} values) but the file "
+                f"{path}: truncated {kind}: the header announces {width}x{height} pixels ({n} values) but the file "
                 f"holds {len(tokens)}."
             )
         if not all(t.isdigit() for t in tokens[:n]):
-            raise ValueError(f"{path}: malformed PPM: a plain (P3) image holds non-negative decimal integers only.")
+            raise ValueError(f"{path}: malformed {kind}: a plain ({magic.decode()}) image holds non-negative decimal "
+                             "integers only.")
         pixels = np.array([int(t) for t in tokens[:n]], np.int64)
     if pixels.max(initial=0) > maxval:
-        raise ValueError(f"{path}: malformed PPM: pixel values exceed the header's maximum value {maxval}.")
-    return pixels.reshape(height, width, 3).astype(np.float32) / np.float32(maxval)
+        raise ValueError(f"{path}: malformed {kind}: pixel values exceed the header's maximum value {maxval}.")
+    return pixels.reshape(height, width, channels).astype(np.float32) / np.float32(maxval)
 
 
 _GTSRB_ROI = ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2")
