@@ -8,12 +8,11 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._output import sha256_path, staged_output, to_jsonable, write_json_atomic
+from .._output import check_output_dir, sha256_path, staged_output, to_jsonable, write_json_atomic
 from .._utils import check_images, check_labels
 
 __all__ = ["audit_file", "audit_model"]
@@ -205,11 +204,7 @@ def audit_file(model_path, data_path, *, arch=None, arch_kwargs=None, out=None, 
     if unknown:
         raise TypeError(f"audit_file got unexpected keyword argument(s) {unknown}; it takes those of audit_model.")
 
-    out = None if out is None else Path(os.fspath(out))
-    if out is not None:
-        from .._output import check_output_dir
-
-        check_output_dir(out, name="out")
+    out = None if out is None else check_output_dir(out, name="out")
     device = params.get("device", "cpu")
     kind = _file_kind(os.fspath(model_path))
     model = load_model(model_path, arch=arch, arch_kwargs=arch_kwargs, device=device)
@@ -254,8 +249,6 @@ def _audit(model, X, y, *, out, meta, nc_steps, nc_mode, anomaly_threshold, max_
     if max_images is not None and (not isinstance(max_images, (int, np.integer)) or max_images < 3):
         raise ValueError(f"max_images must be an integer >= 3 or None; got {max_images!r}.")
     if out is not None:
-        from .._output import check_output_dir
-
         out = check_output_dir(out, name="out")
 
     adapter = ModelAdapter(model, defense="audit", device=device)

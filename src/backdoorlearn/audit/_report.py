@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 
 import numpy as np
 
@@ -240,7 +241,8 @@ def render_html(report, triggers):
         ("model file", model.get("path") or "(a model object)"),
         ("model SHA-256", model.get("sha256") or "-"),
         ("model kind", model.get("kind") or model["type"]),
-        ("architecture", f"{model.get('arch')} {model.get('arch_kwargs') or ''}" if model.get("arch") else model["type"]),
+        ("architecture", f"{model['arch']} {json.dumps(model.get('arch_kwargs') or {})}" if model.get("arch")
+         else model["type"]),
         ("classes", model["n_classes"]),
         ("input shape (C, H, W)", " x ".join(map(str, model["input_shape"]))),
         ("parameters", f"{model['n_parameters']:,}"),
