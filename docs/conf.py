@@ -30,7 +30,7 @@ autodoc_default_options = {}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py", "sg_execution_times.rst"]
+exclude_patterns = ["_build", "_generated", "auto_examples/*.ipynb", "auto_examples/*.py", "sg_execution_times.rst"]
 default_role = "obj"
 
 html_theme = "pydata_sphinx_theme"
@@ -65,5 +65,18 @@ def _skip_metadata_routing(app, what, name, obj, skip, options):
     return skip
 
 
+def _generate_cli_outputs(app):
+    # The user guide's command outputs and report figures come from running the commands
+    # (docs/generate_cli_outputs.py), never from retyped text.
+    # BACKDOORLEARN_DOCS_REUSE_OUTPUTS=1 keeps the files of an earlier run (quick rebuilds of the text).
+    sys.path.insert(0, os.path.dirname(__file__))
+    from generate_cli_outputs import OUT, generate
+
+    if os.environ.get("BACKDOORLEARN_DOCS_REUSE_OUTPUTS") == "1" and (OUT / "names.json").exists():
+        return
+    generate()
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_metadata_routing)
+    app.connect("builder-inited", _generate_cli_outputs)

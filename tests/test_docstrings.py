@@ -31,10 +31,12 @@ IGNORED = {
 
 
 def _public_objects():
+    import backdoorlearn.audit
+    import backdoorlearn.grading
     import backdoorlearn.plotting
 
-    modules = [backdoorlearn, backdoorlearn.datasets, backdoorlearn.metrics, backdoorlearn.models,
-               backdoorlearn.plotting]
+    modules = [backdoorlearn, backdoorlearn.audit, backdoorlearn.datasets, backdoorlearn.grading,
+               backdoorlearn.metrics, backdoorlearn.models, backdoorlearn.plotting]
     seen = set()
     for module in modules:
         for name in module.__all__:

@@ -486,6 +486,22 @@ def test_torchscript_round_trip(tmp_path):
         load_model(scripted, arch="backdoorlearn.models:DeepID")
 
 
+def test_loaded_torchscript_copies_and_runs_neural_cleanse(tmp_path):
+    from backdoorlearn import NeuralCleanse
+
+    path = tmp_path / "small.pt"
+    _quiet_jit(torch.jit.trace, SmallCNN(in_channels=1, n_classes=4).eval(), torch.zeros(1, 1, 8, 8)).save(str(path))
+    loaded = load_model(path)
+    copied = ModelAdapter(loaded).copy().module
+    assert all(p.is_leaf and p.requires_grad for p in copied.parameters())
+    for p in copied.parameters():
+        p.requires_grad_(False)  # raised "can only change requires_grad flags of leaf variables"
+    assert all(p.requires_grad for p in loaded.parameters())
+    X = np.random.default_rng(0).random((24, 1, 8, 8), dtype=np.float32)
+    nc = NeuralCleanse(steps=2, random_state=0).fit(loaded, X, np.arange(24) % 4)
+    assert nc.l1_norms_.shape == (4,)
+
+
 @pytest.mark.parametrize("arch, arch_kwargs", [
     ("backdoorlearn.models:SmallCNN", '{"in_channels": 1, "n_classes": 10, "channels": [8, 16]}'),
     ("backdoorlearn.models:SmallCNN", {"in_channels": 1, "n_classes": 10, "channels": [8, 16]}),

@@ -3,7 +3,7 @@
 The public API is flat: ``from backdoorlearn import Trigger, BackdoorPoisoner``.
 """
 
-from . import datasets, metrics, models
+from . import audit, datasets, grading, metrics, models
 from .attacks import BackdoorPoisoner, PruningAwareAttack
 from .datasets import load_digits, make_backdoor_benchmark, make_traffic_signs
 from .detection import STRIPDetector
@@ -32,7 +32,9 @@ __all__ = [
     "STRIPDetector",
     "Trigger",
     "Unlearner",
+    "audit",
     "datasets",
+    "grading",
     "load_digits",
     "make_backdoor_benchmark",
     "make_traffic_signs",

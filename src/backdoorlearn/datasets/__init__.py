@@ -3,6 +3,7 @@
 from ._benchmark import default_trigger, make_backdoor_benchmark
 from ._cifar10 import load_cifar10
 from ._digits import load_digits
+from ._data_files import load_data_file, load_image_folder
 from ._gtsrb import load_gtsrb
 from ._hackml import load_hackml_h5
 from ._mnist import load_mnist
@@ -21,7 +22,9 @@ __all__ = [
     "zoo_specs",
     "default_trigger",
     "load_cifar10",
+    "load_data_file",
     "load_digits",
+    "load_image_folder",
     "load_gtsrb",
     "load_hackml_h5",
     "load_mnist",

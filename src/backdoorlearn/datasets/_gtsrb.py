@@ -30,18 +30,31 @@ _PNM_SPACE = b" \t\n\v\f\r"
 _P3_BYTES_PER_TOKEN = 128
 
 
-def _read_ppm(path, budget):
-    """Read a PPM image (binary P6 or plain P3) as an (H, W, 3) float32 array in [0, 1].
+_PNM_KINDS = {b"P2": ("PGM", 1, False), b"P5": ("PGM", 1, True), b"P3": ("PPM", 3, False), b"P6": ("PPM", 3, True)}
 
-    ``budget`` is charged with the file and what decoding it needs before either is read.
+
+def _read_ppm(path, budget):
+    """Read a PPM image (binary P6 or plain P3) as an (H, W, 3) float32 array in [0, 1]."""
+    return _read_pnm(path, budget, kinds=(b"P6", b"P3"))
+
+
+def _read_pnm(path, budget, kinds=tuple(_PNM_KINDS)):
+    """Read a PGM or PPM image (binary P5/P6, plain P2/P3) as an (H, W, C) float32 array in [0, 1].
+
+    C is 1 for PGM (grey) and 3 for PPM (colour). ``budget`` is charged with
+    the file and what decoding it needs before either is read.
     """
     f, size = open_regular(path, what="the image")
     with f:
         budget.charge(size, f"{path}: the image file")
         raw = bytes(read_exact(f, size, path=path, what="the image"))
     magic = raw[:2]
-    if magic not in (b"P6", b"P3"):
-        raise ValueError(f"{path} is not a PPM image: it starts with {magic!r}, expected b'P6' (binary) or b'P3' (plain).")
+    if magic not in kinds:
+        expected = " or ".join(f"{k!r} ({_PNM_KINDS[k][0]}, {'binary' if _PNM_KINDS[k][2] else 'plain'})"
+                               for k in kinds)
+        raise ValueError(f"{path} is not a {'/'.join(sorted({_PNM_KINDS[k][0] for k in kinds}))} image: it starts "
+                         f"with {magic!r}, expected {expected}.")
+    kind, channels, binary = _PNM_KINDS[magic]
     pos, fields = 2, []
     while len(fields) < 3:
         start = pos
@@ -55,47 +68,48 @@ def _read_ppm(path, budget):
         while pos < len(raw) and raw[pos] in b"0123456789":
             pos += 1
         if pos == start or pos == digits:
-            raise ValueError(f"{path}: malformed PPM header: expected width, height and maximum value after {magic!r}.")
+            raise ValueError(f"{path}: malformed {kind} header: expected width, height and maximum value after {magic!r}.")
         fields.append(int(raw[digits:pos]))
     width, height, maxval = fields
     if width < 1 or height < 1 or not 1 <= maxval <= 65535:
         raise ValueError(
-            f"{path}: malformed PPM header: width {width}, height {height}, maximum value {maxval} "
+            f"{path}: malformed {kind} header: width {width}, height {height}, maximum value {maxval} "
             "(expected positive sizes and a maximum value in [1, 65535])."
         )
     if pos >= len(raw) or raw[pos] not in _PNM_SPACE:
-        raise ValueError(f"{path}: malformed PPM header: no whitespace after the maximum value.")
-    n = width * height * 3
+        raise ValueError(f"{path}: malformed {kind} header: no whitespace after the maximum value.")
+    n = width * height * channels
     budget.charge(n * 4, f"{path}: the {width}x{height} image as float32")
-    if magic == b"P6":
+    if binary:
         dtype = np.dtype(np.uint8 if maxval < 256 else ">u2")
         data = raw[pos + 1:]
         if len(data) < n * dtype.itemsize:
             raise ValueError(
-                f"{path}: truncated PPM: the header announces {width}x{height} pixels ({n * dtype.itemsize} bytes "
+                f"{path}: truncated {kind}: the header announces {width}x{height} pixels ({n * dtype.itemsize} bytes "
                 f"of data) but the file holds {len(data)}."
             )
         pixels = np.frombuffer(data, dtype, count=n)
     else:
         if n > (len(raw) - pos) // 2 + 1:  # each value takes a digit and a separator
             raise ValueError(
-                f"{path}: truncated PPM: the header announces {width}x{height} pixels ({n} values) but the file "
+                f"{path}: truncated {kind}: the header announces {width}x{height} pixels ({n} values) but the file "
                 f"holds {len(raw) - pos} bytes after it."
             )
         budget.charge(len(raw) - pos + ((len(raw) - pos) // 2 + 1) * _P3_BYTES_PER_TOKEN,
-                      f"{path}: parsing the plain (P3) pixel values")
+                      f"{path}: parsing the plain ({magic.decode()}) pixel values")
         tokens = re.sub(rb"#[^\r\n]*", b"", raw[pos:]).split()
         if len(tokens) < n:
             raise ValueError(
-                f"{path}: truncated PPM: the header announces {width}x{height} pixels ({n} values) but the file "
+                f"{path}: truncated {kind}: the header announces {width}x{height} pixels ({n} values) but the file "
                 f"holds {len(tokens)}."
             )
         if not all(t.isdigit() for t in tokens[:n]):
-            raise ValueError(f"{path}: malformed PPM: a plain (P3) image holds non-negative decimal integers only.")
+            raise ValueError(f"{path}: malformed {kind}: a plain ({magic.decode()}) image holds non-negative decimal "
+                             "integers only.")
         pixels = np.array([int(t) for t in tokens[:n]], np.int64)
     if pixels.max(initial=0) > maxval:
-        raise ValueError(f"{path}: malformed PPM: pixel values exceed the header's maximum value {maxval}.")
-    image = pixels.reshape(height, width, 3).astype(np.float32)
+        raise ValueError(f"{path}: malformed {kind}: pixel values exceed the header's maximum value {maxval}.")
+    image = pixels.reshape(height, width, channels).astype(np.float32)
     image /= np.float32(maxval)
     return image
 

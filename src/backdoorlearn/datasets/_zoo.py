@@ -70,6 +70,13 @@ class ZooSpec:
     source_labels : tuple of int or None
         The labels that carry a source-specific backdoor.
     seed : int
+
+    Examples
+    --------
+    >>> from backdoorlearn.datasets import zoo_specs
+    >>> spec = zoo_specs("held-out", data="mnist5k", arch="resnet", attack="source-specific")[0]
+    >>> spec.infected, spec.trigger_kind, spec.target_labels, spec.source_labels
+    (True, '4x4 checkerboard patch bottom-right', (4,), (7,))
     """
 
     name: str
@@ -277,7 +284,32 @@ def _position(position, hw, size, margin=1):
 
 
 def make_trigger(description, image_shape, seed):
-    """Build the :class:`Trigger` a zoo trigger description stands for."""
+    """Build the :class:`~backdoorlearn.Trigger` a zoo trigger description stands for.
+
+    Parameters
+    ----------
+    description : tuple
+        ``("patch", size, pattern, color, position)`` with ``pattern`` in
+        ``{"solid", "checkerboard", "random"}``; ``("blend", alpha)`` (uniform
+        noise blended in); or ``("watermark", letter, size, position,
+        opacity)``. Positions: the four corners, ``"top-middle"``,
+        ``"middle-left"``, ``"center"`` (1 pixel from the border on images
+        larger than 8x8).
+    image_shape : tuple of int
+        ``(C, H, W)`` of the images.
+    seed : int
+        Seeds the random patch pixels and the blend noise.
+
+    Returns
+    -------
+    trigger : Trigger
+
+    Examples
+    --------
+    >>> from backdoorlearn.datasets import make_trigger
+    >>> make_trigger(("patch", 3, "checkerboard", 1.0, "top-left"), (1, 28, 28), seed=0)
+    Trigger('3x3 checkerboard patch top-left', image_shape=(1, 28, 28), l1_norm=9)
+    """
     c, h, w = image_shape
     rng = np.random.default_rng(seed)
     margin = 0 if h <= 8 else 1
@@ -402,6 +434,13 @@ class ZooTruth:
         Rows relabelled to a target (cover rows of a source-specific attack,
         which keep their label, are in ``cover_mask``).
     cover_mask : ndarray of shape (n_train,), bool
+
+    Examples
+    --------
+    >>> from backdoorlearn.datasets import load_zoo_model
+    >>> truth = load_zoo_model("heldout-digits-mlp-patch").truth  # doctest: +SKIP
+    >>> truth.target_labels, int(truth.poison_mask.sum())  # doctest: +SKIP
+    ([4], 117)
     """
 
     infected: bool
@@ -436,6 +475,14 @@ class ZooModel:
     attack_success : list of float
         Attack success of each trigger (see :meth:`triggered_test`).
     n_classes : int
+
+    Examples
+    --------
+    >>> from backdoorlearn.datasets import load_zoo_model
+    >>> zm = load_zoo_model("heldout-digits-mlp-patch")  # doctest: +SKIP
+    >>> X_triggered, y_true = zm.triggered_test(0)  # doctest: +SKIP
+    >>> zm.attack_success_of(zm.model) == zm.attack_success  # doctest: +SKIP
+    True
     """
 
     spec: ZooSpec

@@ -351,7 +351,7 @@ class ModelAdapter:
     def copy(self):
         """A :class:`ModelAdapter` around a deep copy of the model."""
         return ModelAdapter(
-            copy.deepcopy(self.model),
+            _deepcopy(self.model),
             defense=self.defense,
             device=self._requested_device,
             batch_size=self.batch_size,
@@ -359,7 +359,7 @@ class ModelAdapter:
 
     def module_copy(self):
         """A deep copy of the torch module, on :attr:`device`."""
-        return copy.deepcopy(self.module).to(torch.device(self.device))
+        return _deepcopy(self.module).to(torch.device(self.device))
 
     def to_net(self, module=None, classes=None, **net_params):
         """Wrap ``module`` (default: a copy of this model's) into a fitted skorch net."""
@@ -369,6 +369,24 @@ class ModelAdapter:
         if classes is None:
             raise ValueError("to_net needs classes= for a bare module.")
         return wrap_module(module, classes=classes, device=self.device, **net_params)
+
+
+def _deepcopy(model):
+    """``copy.deepcopy`` whose copied parameters are leaves, as the original's are.
+
+    Deep-copying a loaded TorchScript module with autograd on yields parameters
+    that are outputs of a clone, whose ``requires_grad`` flag cannot be set
+    (Neural Cleanse freezes the weights it optimizes a trigger through). Copied
+    under ``no_grad`` they are leaves; their flags are then set back to the
+    original's.
+    """
+    if not isinstance(model, torch.jit.ScriptModule):
+        return copy.deepcopy(model)
+    with torch.no_grad():
+        copied = copy.deepcopy(model)
+    for original, param in zip(model.parameters(), copied.parameters()):
+        param.requires_grad_(original.requires_grad)
+    return copied
 
 
 def build_net(
