@@ -66,9 +66,9 @@ class PruningAwareAttack(BaseEstimator):
         Adam learning rate of both trainings.
     train_batch_size : int, default=64
         Mini-batch size of both trainings.
-    %(device)s
-    %(random_state)s
-    %(verbose)s
+    {device}
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
@@ -99,7 +99,7 @@ class PruningAwareAttack(BaseEstimator):
     >>> from backdoorlearn import PruningAwareAttack, Trigger
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((60, 1, 8, 8), dtype=np.float32)
-    >>> y = np.arange(60) %% 3
+    >>> y = np.arange(60) % 3
     >>> attack = PruningAwareAttack(Trigger.patch((1, 8, 8), size=2), prune_ratio=0.5,
     ...                             clean_epochs=1, poison_epochs=1, random_state=0)
     >>> attack.fit(X, y).pruned_channels_.shape

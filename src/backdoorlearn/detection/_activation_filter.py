@@ -33,7 +33,7 @@ class ActivationFilter(BaseDetector):
     (usually reversed by :class:`NeuralCleanse`, never the attacker's) and
     clean images.
 
-    %(detector_convention)s
+    {detector_convention}
 
     The score is minus the mean activation of the selected neurons.
 
@@ -49,13 +49,13 @@ class ActivationFilter(BaseDetector):
     layer : str, default=None
         Name of the layer watched; ``None`` means the penultimate layer.
     top_fraction : float, default=0.01
-        Fraction of the layer's neurons kept (the paper's top 1%%), but never
+        Fraction of the layer's neurons kept (the paper's top 1%), but never
         fewer than ``min_neurons`` (``n_neurons_`` says how many were used).
     min_neurons : int, default=8
         Fewest neurons kept. The paper's layers have hundreds of units; on a
-        64-unit layer 1%% is less than one neuron, and the single most
-        trigger-specific neuron alone missed 33%% of the triggered inputs of
-        the digits benchmark model at 5%% false positives (8 neurons: 1%%).
+        64-unit layer 1% is less than one neuron, and the single most
+        trigger-specific neuron alone missed 33% of the triggered inputs of
+        the digits benchmark model at 5% false positives (8 neurons: 1%).
     false_positive_rate : float, default=0.05
         Fraction of clean inputs flagged; sets ``threshold_`` as the
         quantile of the clean scores.
@@ -64,8 +64,8 @@ class ActivationFilter(BaseDetector):
     threshold_method : {"quantile", "normal"}, default="quantile"
         Empirical quantile of the clean scores, or ``mean - z * std`` of a
         normal fitted to them.
-    %(device)s
-    %(batch_size)s
+    {device}
+    {batch_size}
 
     Attributes
     ----------

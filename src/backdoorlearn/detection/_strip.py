@@ -56,7 +56,7 @@ class STRIPDetector(BaseDetector):
     e.g. an ``MLPClassifier`` on flattened images; ``X`` is then whatever
     shape the estimator takes).
 
-    %(detector_convention)s
+    {detector_convention}
 
     Parameters
     ----------
@@ -92,10 +92,10 @@ class STRIPDetector(BaseDetector):
         user's model is never moved (the adapter works on a copy).
     batch_size : int, default=1024
         Blended inputs per forward pass (bounds memory, not the result).
-    %(random_state)s
+    {random_state}
         It draws the overlays; with an int, scoring the same ``X`` twice gives
         the same scores.
-    %(verbose)s
+    {verbose}
 
     Attributes
     ----------
@@ -127,7 +127,7 @@ class STRIPDetector(BaseDetector):
     per blended replica ``n``, over the classes ``i``, then averaged over the
     ``N`` replicas (Eq. 3-5). :meth:`score_samples` returns
     ``H / log2(n_classes_)``, in [0, 1]; multiply by ``log2(n_classes_)`` for
-    bits, the paper's unit (its MNIST threshold 0.026 bits at 1%% FRR is
+    bits, the paper's unit (its MNIST threshold 0.026 bits at 1% FRR is
     0.0078 here).
 
     Overlays are drawn uniformly from the pool, without replacement when the

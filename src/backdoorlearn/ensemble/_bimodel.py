@@ -10,7 +10,6 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from .._docstring import fill_doc
 from .._utils import PrefitModelsMixin, check_finite_array
 from ..models import ModelAdapter
 
@@ -19,7 +18,6 @@ __all__ = ["BimodelClassifier"]
 _MODELS = ("backdoored", "repaired")
 
 
-@fill_doc
 class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
     """Bimodel Backdoor Defence (BBD): serve a backdoored model next to a repaired one.
 

@@ -104,7 +104,7 @@ class NeuralCleanse(BaseEstimator):
         by ``cost_multiplier ** 1.5`` when lowered (reference code).
     early_stop_patience : int, default=None
         Stop a trigger once the schedule has moved both ways and its best norm
-        has not improved by 1%% for this many steps. ``None`` means
+        has not improved by 1% for this many steps. ``None`` means
         ``2 * patience`` (reference code).
     labels : array-like of int, default=None
         Target labels to analyse; ``None`` means all. At least 3 (the MAD).
@@ -155,12 +155,12 @@ class NeuralCleanse(BaseEstimator):
         its cost schedule moves several times slower; ``1000`` reproduces
         that cadence at several times the cost (on the signs benchmark,
         seed 1: anomaly index 2.26 instead of 1.88, 211 s instead of ~45 s).
-    %(device)s
-    %(n_jobs)s
+    {device}
+    {n_jobs}
         Chunks of labels are dispatched to the jobs; seeds are drawn before
         dispatch, so the result does not depend on ``n_jobs``.
-    %(random_state)s
-    %(verbose)s
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
@@ -230,7 +230,7 @@ class NeuralCleanse(BaseEstimator):
     >>> from backdoorlearn import NeuralCleanse, SmallCNN
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
-    >>> y = np.arange(40) %% 4
+    >>> y = np.arange(40) % 4
     >>> nc = NeuralCleanse(steps=3, random_state=0).fit(SmallCNN(1, 4), X, y)
     >>> nc.l1_norms_.shape, sorted(nc.triggers_)
     ((4,), [0, 1, 2, 3])

@@ -79,7 +79,7 @@ class FinePruner(BaseEstimator):
     data keep active (see ``noise_std`` and the Notes).
 
     White box: the model must be a torch module or a skorch net. It needs a
-    small clean, labelled data set (the papers use ~10%% of the training set
+    small clean, labelled data set (the papers use ~10% of the training set
     or less) and no knowledge of the trigger.
 
     Parameters
@@ -101,15 +101,15 @@ class FinePruner(BaseEstimator):
         ``max_accuracy_drop`` of the unpruned model's, by bisection.
     max_accuracy_drop : float in [0, 1], default=0.04
         Clean accuracy (a rate) that pruning may cost before fine-tuning;
-        the paper stops pruning at a 4%% drop.
+        the paper stops pruning at a 4% drop.
     fine_tune_epochs : int, default=120
         Epochs of fine-tuning on ``X``, ``y`` after pruning (0: pruning alone).
     lr : float, default=1e-2
         Initial AdamW learning rate of the fine-tuning. Larger than a training
         run's last rate on purpose: a gentle fine-tuning on a few hundred clean
         images leaves a BadNets backdoor in place (Neural Cleanse §VI-C; on
-        the embedded digits, 30 plain epochs at ``1e-3`` leave ~80%% attack
-        success, at ``3e-3`` 60-73%%).
+        the embedded digits, 30 plain epochs at ``1e-3`` leave ~80% attack
+        success, at ``3e-3`` 60-73%).
     lr_schedule : {"cosine", "constant"}, default="cosine"
         ``"cosine"`` anneals the learning rate from ``lr`` to 0 over the
         epochs: the large early steps move the weights off the backdoor, the
@@ -135,7 +135,7 @@ class FinePruner(BaseEstimator):
         inputs with the true labels attached, so fine-tuning overwrites the
         trigger's weights; training with input noise is also a classical
         regularizer (Bishop, 1995). Without noise, attack success reached
-        8.6%% (12.1%% without weight decay either).
+        8.6% (12.1% without weight decay either).
     noise_prob : float in [0, 1], default=0.5
         Probability that an image is given noise rather than a shift. Noise
         on every image (``1.0``) cost 3.3 points of clean accuracy on
@@ -144,16 +144,16 @@ class FinePruner(BaseEstimator):
         AdamW's decoupled weight decay during fine-tuning (an addition to
         the paper). Clean data give no gradient to weights only the trigger
         uses, so decay erodes them, the weight-level analogue of pruning
-        dormant neurons. Without it (``0.0``) attack success reached 4.7%%
-        (mean 1.4%% instead of 0.4%%). Alone, with 30 epochs at a constant
+        dormant neurons. Without it (``0.0``) attack success reached 4.7%
+        (mean 1.4% instead of 0.4%). Alone, with 30 epochs at a constant
         rate and no augmentation, ``0.3`` removes the digits backdoor at a
         cost of 6.4 points of clean accuracy.
     fine_tune_batch_size : int, default=16
         Mini-batch size of the fine-tuning.
-    %(batch_size)s
-    %(device)s
-    %(random_state)s
-    %(verbose)s
+    {batch_size}
+    {device}
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
@@ -211,16 +211,16 @@ class FinePruner(BaseEstimator):
     augmentation, weight decay, 120 epochs) is a practitioner's addition to
     the paper, which fine-tunes with plain SGD. It was chosen on clean
     accuracy and attack success measured on the embedded benchmarks; inside
-    the algorithm nothing uses a trigger or the target label. With the 10%%
+    the algorithm nothing uses a trigger or the target label. With the 10%
     defender hold-out of ``make_backdoor_benchmark(name, random_state=s)``
     and one CPU thread: on digits seeds 0-4, each fine-tuned with
-    ``random_state`` 0-4, attack success 0.4%% on average (at most 1.5%%)
+    ``random_state`` 0-4, attack success 0.4% on average (at most 1.5%)
     for 1.1 points of clean accuracy (at most 2.4), ~3 s a fit; on signs
-    seeds 0 and 1 (``random_state`` 0, 1), attack success at most 1.6%%,
+    seeds 0 and 1 (``random_state`` 0, 1), attack success at most 1.6%,
     clean accuracy between -1.7 and +1.5 points, ~13 s a fit; against
     :class:`~backdoorlearn.PruningAwareAttack` on digits seeds 0-2, attack
-    success at most 1.2%%. The former recipe (30 epochs at a constant rate,
-    no smoothing, augmentation or decay) left 9.6-22.7%% attack success on
+    success at most 1.2%. The former recipe (30 epochs at a constant rate,
+    no smoothing, augmentation or decay) left 9.6-22.7% attack success on
     digits, with up to 4.9 points of clean accuracy lost.
 
     References
@@ -236,7 +236,7 @@ class FinePruner(BaseEstimator):
     >>> from backdoorlearn import FinePruner, SmallCNN
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
-    >>> y = np.arange(40) %% 10
+    >>> y = np.arange(40) % 10
     >>> pruner = FinePruner(prune_ratio=0.25, fine_tune_epochs=1, random_state=0)
     >>> pruner.fit(SmallCNN(1, 10), X, y).pruned_channels_.shape
     (8,)

@@ -83,9 +83,9 @@ class NeuronPruner(BaseEstimator):
     max_prune_ratio : float in (0, 1), default=0.8
         At most this fraction of the layer's units is pruned; a warning says
         when the threshold was not reached within it.
-    %(batch_size)s
-    %(device)s
-    %(verbose)s
+    {batch_size}
+    {device}
+    {verbose}
 
     Attributes
     ----------
@@ -132,7 +132,7 @@ class NeuronPruner(BaseEstimator):
     >>> from backdoorlearn import NeuronPruner, SmallCNN, Trigger
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
-    >>> y = np.arange(40) %% 10
+    >>> y = np.arange(40) % 10
     >>> trigger = Trigger.patch((1, 8, 8), size=2)
     >>> pruner = NeuronPruner({0: trigger}, max_prune_ratio=0.5)
     >>> pruner.fit(SmallCNN(1, 10), X, y).layer_

@@ -43,10 +43,10 @@ class Unlearner(BaseEstimator):
         unfitted copy of a ``NeuralCleanse``: pass the dict
         ``{k: nc.triggers_[k] for k in nc.flagged_labels_}`` there.
     stamp_fraction : float in [0, 1], default=0.2
-        Fraction of ``X`` that carries a trigger (the paper: 20%%), split
+        Fraction of ``X`` that carries a trigger (the paper: 20%), split
         evenly between the triggers. 0 is clean-only fine-tuning.
     epochs : int, default=20
-        Fine-tuning epochs. The paper trains one epoch on 10%% of the
+        Fine-tuning epochs. The paper trains one epoch on 10% of the
         training set (thousands of images); with the few hundred images of a
         small hold-out one epoch is a handful of gradient steps, so the
         default gives a comparable number of steps.
@@ -54,10 +54,10 @@ class Unlearner(BaseEstimator):
         Adam learning rate.
     fine_tune_batch_size : int, default=16
         Mini-batch size of the fine-tuning.
-    %(batch_size)s
-    %(device)s
-    %(random_state)s
-    %(verbose)s
+    {batch_size}
+    {device}
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
@@ -80,7 +80,7 @@ class Unlearner(BaseEstimator):
     -----
     ``stamp_fraction=0`` is the clean-only fine-tuning the paper compares
     with (same data and budget, no trigger): it leaves a BadNets backdoor in
-    place (attack success > 93%% in the paper).
+    place (attack success > 93% in the paper).
 
     References
     ----------
@@ -93,7 +93,7 @@ class Unlearner(BaseEstimator):
     >>> from backdoorlearn import SmallCNN, Trigger, Unlearner
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
-    >>> y = np.arange(40) %% 10
+    >>> y = np.arange(40) % 10
     >>> trigger = Trigger.patch((1, 8, 8), size=2)
     >>> unlearner = Unlearner(trigger, epochs=1, random_state=0).fit(SmallCNN(1, 10), X, y)
     >>> int(unlearner.stamped_mask_.sum())

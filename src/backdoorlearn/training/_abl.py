@@ -148,14 +148,14 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         instance itself is never changed), like skorch's ``module``.
     isolation_ratio : float, default=0.01
         Fraction of the training set isolated as backdoor examples, in (0, 1).
-        The paper's 1%% works for poisoning rates well above it: a high ratio
+        The paper's 1% works for poisoning rates well above it: a high ratio
         unlearns more clean examples and costs accuracy, a low one may miss
         the trigger.
     gamma : float, default=0.1
         LGA threshold on the per-example cross-entropy, >= 0. The paper's 0.5
         suits CIFAR-10, whose clean loss stays high; the embedded data sets'
         clean tasks fall below 0.5 within two epochs, and with 0.5 the
-        isolation's precision on the digits was at most ~30%% (0.1: 100%%).
+        isolation's precision on the digits was at most ~30% (0.1: 100%).
     isolation_epochs : int, default=12
         Epochs of LGA training before isolation (the paper uses 20 on
         CIFAR-10).
@@ -174,9 +174,9 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         Keyword arguments of ``module`` when it is a class.
     batch_size : int, default=32
         Training batch size.
-    %(device)s
-    %(random_state)s
-    %(verbose)s
+    {device}
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
@@ -219,12 +219,12 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
       isolated one) with two changes. The ascent term is ``-log(1 - p_y)``
       rather than ``-CE``: after fine-tuning the isolated examples sit at
       ``p_y ~ 1``, where ``-CE`` has no gradient (it moved nothing in 20
-      epochs). And the clean set is an *anchor*. With 1%% isolated of 10%%
+      epochs). And the clean set is an *anchor*. With 1% isolated of 10%
       poisoned, the kept rows still hold nine in ten poisoned examples,
       which teach the backdoor again as fast as it is unlearned (an earlier
       anchor, the kept rows minus the lower-loss half of the isolated
       label's rows, left 16-59 of the 204 poisoned signs rows in and the
-      attack success drifted between 3%% and 65%%). The isolated rows point
+      attack success drifted between 3% and 65%). The isolated rows point
       at the others: in the penultimate-layer activations after fine-tuning
       the clean rows of a label form a tight core and the backdoor rows lie
       far from it (Activation Clustering, Chen et al. 2018). For each label
