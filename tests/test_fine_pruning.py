@@ -71,7 +71,7 @@ def test_fine_pruning_weight_decay_removes_backdoor_digits(digits_bench):
 
 def test_shift_or_noise_augmentation():
     from backdoorlearn._utils import seeded
-    from backdoorlearn.repair._base import ShiftOrNoise
+    from backdoorlearn.models._training import ShiftOrNoise
 
     X = np.random.default_rng(0).random((64, 2, 6, 6), dtype=np.float32)
     batch = [(x, np.int64(i % 3)) for i, x in enumerate(X)]

@@ -7,7 +7,7 @@ from sklearn.base import clone
 from sklearn.neural_network import MLPClassifier
 
 from backdoorlearn import BackdoorPoisoner, NeuralCleanse, Trigger
-from backdoorlearn.datasets._benchmark import train_classifier
+from backdoorlearn.models import train_classifier
 from backdoorlearn.inspection import mad_anomaly_index
 from backdoorlearn.metrics import attack_success_rate
 from backdoorlearn.models import model_fingerprint

@@ -157,8 +157,7 @@ class PruningAwareAttack(BaseEstimator):
         """
         from .attacks import BackdoorPoisoner
         from .models import ModelAdapter, SmallCNN, build_net
-        from .models._progress import EpochProgressBar
-        from .repair._base import UnitMask, resolve_layer, unit_activations, zero_units
+        from .models._surgery import UnitMask, resolve_layer, unit_activations, zero_units
 
         self._validate_params()
         name = type(self).__name__
@@ -173,11 +172,9 @@ class PruningAwareAttack(BaseEstimator):
         classes = np.arange(n_classes)
 
         def net_for(module, epochs, desc, callbacks=()):
-            cbs = list(callbacks)
-            if self.verbose:
-                cbs.append(("progress", EpochProgressBar(desc=desc)))
             return build_net(module, classes=classes, max_epochs=epochs, lr=self.lr,
-                             batch_size=self.train_batch_size, device=self.device, callbacks=cbs or None)
+                             batch_size=self.train_batch_size, device=self.device, callbacks=list(callbacks),
+                             verbose=self.verbose, desc=desc)
 
         # Step 1: a clean network.
         with seeded(torch_seed(rng)):

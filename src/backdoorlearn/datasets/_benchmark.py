@@ -9,14 +9,14 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils import Bunch, check_random_state
 
-from .._utils import check_label_value, seeded, torch_seed
+from .._utils import check_label_value
 from ..attacks import BackdoorPoisoner
-from ..models import SmallCNN, build_net
+from ..models import train_classifier
 from ..triggers import Trigger
 from ._digits import load_digits
 from ._signs import make_traffic_signs
 
-__all__ = ["make_backdoor_benchmark", "default_trigger", "train_classifier"]
+__all__ = ["make_backdoor_benchmark", "default_trigger"]
 
 # Training budgets chosen so both models reach >= 95% clean accuracy on every
 # seed in 0..4 (tests/test_datasets.py) and stay a few seconds on 2 CPU cores.
@@ -68,25 +68,6 @@ def default_trigger(dataset, image_shape, attack="badnets"):
         pattern = np.random.RandomState(20170516).uniform(0, 1, (c, h, w)).astype(np.float32)
         return Trigger.blend(pattern, alpha=0.2, name="blend")
     raise ValueError(f"attack must be 'badnets' or 'blend'; got {attack!r}.")
-
-
-def train_classifier(X, y, *, n_classes, module_params=None, max_epochs=20, lr=3e-3,
-                     batch_size=64, device="cpu", random_state=None, verbose=0, desc="training"):
-    """Train a :class:`~backdoorlearn.models.SmallCNN` through skorch, seeded locally.
-
-    Returns a fitted ``NeuralNetClassifier``. The global torch RNG is left as
-    it was (see :func:`backdoorlearn._utils.seeded`).
-    """
-    from ..models._progress import EpochProgressBar
-
-    seed = torch_seed(random_state)
-    with seeded(seed):
-        module = SmallCNN(in_channels=X.shape[1], n_classes=n_classes, **(module_params or {}))
-        callbacks = [("progress", EpochProgressBar(desc=desc))] if verbose else None
-        net = build_net(module, classes=np.arange(n_classes), max_epochs=max_epochs, lr=lr,
-                        batch_size=batch_size, device=device, callbacks=callbacks)
-        net.fit(X, y)
-    return net
 
 
 def make_backdoor_benchmark(dataset="digits", attack="badnets", target_label=0, poison_rate=0.1,

@@ -1,16 +1,20 @@
-"""How backdoorlearn holds a model: the adapter and the reference networks."""
+"""How backdoorlearn holds, builds, trains and cuts a model."""
 
-from ._adapter import ModelAdapter, build_net, eval_mode, model_fingerprint, wrap_module
+from ._adapter import ModelAdapter, eval_mode, model_fingerprint
 from ._io import load_weights, save_weights
+from ._surgery import UnitMask
+from ._training import build_net, train_classifier, wrap_module
 from ._zoo import SmallCNN
 
 __all__ = [
     "ModelAdapter",
     "SmallCNN",
+    "UnitMask",
     "build_net",
     "eval_mode",
     "load_weights",
     "model_fingerprint",
     "save_weights",
+    "train_classifier",
     "wrap_module",
 ]

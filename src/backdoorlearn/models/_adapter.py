@@ -18,13 +18,9 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from .._utils import check_finite_array, resolve_device
+from ._training import wrap_module
 
-__all__ = [
-    "ModelAdapter",
-    "build_net",
-    "model_fingerprint",
-    "wrap_module",
-]
+__all__ = ["ModelAdapter", "eval_mode", "model_fingerprint"]
 
 _WHITE_BOX_NEEDS = (
     "a white-box model: a torch.nn.Module returning logits or a skorch "
@@ -369,116 +365,6 @@ class ModelAdapter:
         if classes is None:
             raise ValueError("to_net needs classes= for a bare module.")
         return wrap_module(module, classes=classes, device=self.device, **net_params)
-
-
-def build_net(
-    module,
-    *,
-    classes=None,
-    max_epochs=10,
-    lr=1e-3,
-    batch_size=64,
-    device="cpu",
-    optimizer=torch.optim.Adam,
-    verbose=0,
-    callbacks=None,
-    **kwargs,
-):
-    """An (unfitted) skorch ``NeuralNetClassifier`` set up the way backdoorlearn trains.
-
-    Cross-entropy on logits (so ``predict_proba`` is the softmax of the
-    module's output), Adam, no internal validation split, and a one-line tqdm
-    progress bar over epochs when ``verbose``.
-
-    Parameters
-    ----------
-    module : nn.Module instance or class
-        The network; an instance is trained as is (not re-initialized).
-    classes : array-like, default=None
-        The class labels, so a net that is only initialized still knows them.
-    max_epochs, lr, batch_size : int, float, int
-        Training budget.
-    device : str, default="cpu"
-    optimizer : torch optimizer class, default=torch.optim.Adam
-    verbose : int, default=0
-        0 is silent; 1 shows a progress bar over epochs.
-    callbacks : list, default=None
-        Extra skorch callbacks.
-    **kwargs
-        Passed to ``NeuralNetClassifier``.
-
-    Returns
-    -------
-    net : skorch.NeuralNetClassifier
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from backdoorlearn.models import SmallCNN, build_net
-    >>> net = build_net(SmallCNN(1, 3), classes=range(3), max_epochs=1)
-    >>> X = np.random.default_rng(0).random((12, 1, 8, 8), dtype=np.float32)
-    >>> net.fit(X, np.arange(12) % 3).predict(X).shape
-    (12,)
-    """
-    from skorch import NeuralNetClassifier
-
-    from ._progress import EpochProgressBar
-
-    cbs = list(callbacks or [])
-    if verbose:
-        cbs.append(("progress", EpochProgressBar()))
-    return NeuralNetClassifier(
-        module,
-        criterion=nn.CrossEntropyLoss,
-        optimizer=optimizer,
-        lr=lr,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        train_split=None,
-        iterator_train__shuffle=True,
-        classes=None if classes is None else list(np.asarray(classes).tolist()),
-        device=resolve_device(device),
-        callbacks=cbs or None,
-        verbose=0,
-        **kwargs,
-    )
-
-
-def wrap_module(module, classes, *, device="cpu", **net_params):
-    """Wrap a trained torch module into a fitted skorch ``NeuralNetClassifier``.
-
-    The module is used as is (no re-initialization, no copy): the returned
-    net predicts exactly what the module does, with softmax probabilities, and
-    supports ``predict``, ``predict_proba``, ``score``, further ``partial_fit``
-    and joblib persistence.
-
-    Parameters
-    ----------
-    module : nn.Module
-        A trained network returning logits.
-    classes : array-like
-        Class labels, in the order of the module's outputs.
-    device : str, default="cpu"
-    **net_params
-        Passed to :func:`build_net` (``lr``, ``batch_size``, ...).
-
-    Returns
-    -------
-    net : skorch.NeuralNetClassifier, initialized, with ``classes_`` set.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from backdoorlearn.models import SmallCNN, wrap_module
-    >>> net = wrap_module(SmallCNN(1, 10), classes=range(10))
-    >>> net.predict(np.zeros((2, 1, 8, 8), dtype=np.float32)).shape
-    (2,)
-    """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}.")
-    net = build_net(module, classes=classes, device=device, **net_params)
-    net.initialize()
-    return net
 
 
 def model_fingerprint(model):

@@ -13,16 +13,9 @@ from sklearn.utils.validation import check_is_fitted
 from .._docstring import fill_doc
 from .._utils import check_images, check_label_value, check_labels, torch_seed
 from ..metrics import attack_success_rate, clean_accuracy
-from ._base import (
-    ShiftOrNoise,
-    UnitMask,
-    fine_tune,
-    masked_units,
-    prepare,
-    resolve_layer,
-    unit_activations,
-    zero_units,
-)
+from ..models._surgery import UnitMask, masked_units, resolve_layer, unit_activations, zero_units
+from ..models._training import ShiftOrNoise, fine_tune
+from ._base import prepare
 
 __all__ = ["FinePruner"]
 
@@ -160,7 +153,7 @@ class FinePruner(BaseEstimator):
     repaired_model_ : skorch.NeuralNetClassifier
         The pruned and fine-tuned network (a deep copy: the user's model is
         unchanged). Pruned channels have zero weights and bias, kept at zero
-        by a :class:`~backdoorlearn.repair.UnitMask` callback if it is
+        by a :class:`~backdoorlearn.models.UnitMask` callback if it is
         trained further (plain AdamW at ``lr``: the schedule, the label
         smoothing and the augmentation of the fine-tuning are not kept).
     layer_ : str

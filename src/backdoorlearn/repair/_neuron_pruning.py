@@ -10,21 +10,13 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
 from .._docstring import fill_doc
 from .._utils import check_images, check_label_value
 from ..metrics import attack_success_rate, clean_accuracy
-from ._base import (
-    _CONV,
-    UnitMask,
-    masked_units,
-    prepare,
-    resolve_layer,
-    unit_activations,
-    zero_units,
-)
+from ..models._surgery import UNIT_LAYERS, UnitMask, masked_units, resolve_layer, unit_activations, zero_units
 from ..triggers import resolve_triggers
+from ._base import prepare
 
 __all__ = ["NeuronPruner"]
 
@@ -188,11 +180,11 @@ class NeuronPruner(BaseEstimator):
             names = list(adapter.named_layers())
             pen = adapter.default_penultimate_layer()
             weighted = [n for n in names[: names.index(pen) + 1]
-                        if isinstance(adapter.named_layers()[n], _CONV + (nn.Linear,))]
+                        if isinstance(adapter.named_layers()[n], UNIT_LAYERS)]
             if not weighted:
                 raise ValueError(f"{name} found no convolution or linear layer before {pen!r}; pass layer=.")
             layer = weighted[-1]
-        layer = resolve_layer(adapter, layer, types=_CONV + (nn.Linear,),
+        layer = resolve_layer(adapter, layer, types=UNIT_LAYERS,
                               what="convolution or linear layer")
         pairs = resolve_triggers(self.triggers, caller=name, image_shape=X.shape[1:])
         if not pairs:

@@ -14,7 +14,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._docstring import fill_doc
 from .._utils import check_images, torch_seed
 from ..triggers import resolve_triggers
-from ._base import fine_tune, prepare
+from ..models._training import fine_tune
+from ._base import prepare
 
 __all__ = ["Unlearner"]
 

@@ -18,8 +18,7 @@ from torch import nn
 
 from .._docstring import fill_doc
 from .._utils import check_images, check_labels, resolve_device, seeded, torch_seed
-from ..models import ModelAdapter, wrap_module
-from ..models._progress import EpochProgressBar
+from ..models import ModelAdapter, build_net, wrap_module
 
 __all__ = ["AntiBackdoorLearner"]
 
@@ -419,23 +418,18 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
             )
 
     def _build_net(self, module, classes, device):
-        callbacks = [("stage", _RecordStage())]
-        if self.verbose:
-            callbacks.append(("progress", EpochProgressBar(desc="ABL")))
-        return _ABLNet(
+        return build_net(
             module,
-            criterion=nn.CrossEntropyLoss,
-            criterion__reduction="none",
-            optimizer=torch.optim.Adam,
-            lr=self.lr,
+            net_class=_ABLNet,
+            classes=range(len(classes)),
             max_epochs=1,
+            lr=self.lr,
             batch_size=self.batch_size,
-            train_split=None,
-            iterator_train__shuffle=True,
-            classes=list(range(len(classes))),
             device=device,
-            callbacks=callbacks,
-            verbose=0,
+            callbacks=[("stage", _RecordStage())],
+            verbose=self.verbose,
+            desc="ABL",
+            criterion__reduction="none",
             gamma=float(self.gamma),
         )
 
