@@ -1,4 +1,4 @@
-"""Backdoor attacks, to make backdoored models to study (teaching, tests, benchmarks)."""
+"""BadNets-style data poisoning (Gu et al., 2017)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 
-from ._utils import check_images, check_label_value, check_labels
-from ._pruning_aware import PruningAwareAttack
-from .triggers import Trigger
+from .._utils import check_images, check_label_value, check_labels
+from ..triggers import Trigger
 
-__all__ = ["BackdoorPoisoner", "PruningAwareAttack"]
+__all__ = ["BackdoorPoisoner"]
 
 
 class BackdoorPoisoner(BaseEstimator):

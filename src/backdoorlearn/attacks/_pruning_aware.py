@@ -13,9 +13,12 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._docstring import fill_doc
-from ._utils import check_images, check_label_value, check_labels, seeded, torch_seed
-from .triggers import Trigger
+from .._docstring import fill_doc
+from .._utils import check_images, check_label_value, check_labels, seeded, torch_seed
+from ..models import ModelAdapter, SmallCNN, build_net
+from ..models._surgery import UnitMask, resolve_layer, unit_activations, zero_units
+from ..triggers import Trigger
+from ._badnets import BackdoorPoisoner
 
 __all__ = ["PruningAwareAttack"]
 
@@ -155,10 +158,6 @@ class PruningAwareAttack(BaseEstimator):
         -------
         self : PruningAwareAttack
         """
-        from .attacks import BackdoorPoisoner
-        from .models import ModelAdapter, SmallCNN, build_net
-        from .models._surgery import UnitMask, resolve_layer, unit_activations, zero_units
-
         self._validate_params()
         name = type(self).__name__
         X = check_images(X, name="X", caller=name)
