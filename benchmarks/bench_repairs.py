@@ -70,7 +70,7 @@ def run(dataset, seed, cleanse, pruning_aware):
         if name == "Unlearner (NeuralCleanse)":
             note = f"+{t_nc:.1f} s NeuralCleanse, flagged {nc.flagged_labels_}"
         elif hasattr(r, "pruning_curve_"):
-            n_units = len(getattr(r, "channel_scores_", getattr(r, "activation_gap_", [])))
+            n_units = len(r.unit_order_)
             note = (f"{100 * r.prune_ratio_:.0f}% of {r.layer_} pruned; "
                     f"{len(r.pruning_curve_.n_pruned)} evaluations for {n_units} units")
         rows.append((name, r.repaired_model_, secs, note))
@@ -83,7 +83,7 @@ def run(dataset, seed, cleanse, pruning_aware):
             clean_epochs=ATTACK_EPOCHS[dataset], poison_epochs=ATTACK_EPOCHS[dataset],
             lr=ATTACK_LR[dataset] or cfg["lr"], random_state=0).fit(b.X_train[keep], b.y_train[keep])
         rows.append(("pruning-aware attack", attack.backdoored_model_, time.perf_counter() - t,
-                     f"{len(attack.pruned_channels_)} decoy channels of {attack.layer_}"))
+                     f"{len(attack.pruned_units_)} decoy channels of {attack.layer_}"))
         for name, kw in (("  then pruning alone", dict(fine_tune_epochs=0)), ("  then FinePruner", {})):
             t = time.perf_counter()
             r = FinePruner(random_state=0, **kw).fit(attack.backdoored_model_, X, y)

@@ -120,23 +120,23 @@ def test_bisection_respects_max_accuracy_drop(digits_fp):
     assert p.accuracy_pruned_ >= p.accuracy_before_ - p.max_accuracy_drop - 1e-9
     curve = p.pruning_curve_
     assert np.all(np.diff(curve.n_pruned) > 0)
-    assert curve.n_pruned[0] == 0 and len(p.pruned_channels_) in curve.n_pruned
+    assert curve.n_pruned[0] == 0 and len(p.pruned_units_) in curve.n_pruned
     # bisection, not a sweep: about log2(32) evaluations
     assert len(curve.n_pruned) <= 8
     # the next amount of pruning evaluated breaks the accuracy budget
-    nxt = curve.n_pruned > len(p.pruned_channels_)
+    nxt = curve.n_pruned > len(p.pruned_units_)
     assert np.all(curve.clean_accuracy[nxt] < p.accuracy_before_ - p.max_accuracy_drop)
     assert curve.attack_success is not None and curve.attack_success.shape == curve.n_pruned.shape
-    assert p.prune_ratio_ == pytest.approx(len(p.pruned_channels_) / len(p.channel_scores_))
+    assert p.prune_ratio_ == pytest.approx(len(p.pruned_units_) / len(p.unit_scores_))
     # channels are pruned lowest mean activation first
-    kept = np.setdiff1d(np.arange(len(p.channel_scores_)), p.pruned_channels_)
-    assert p.channel_scores_[p.pruned_channels_].max() <= p.channel_scores_[kept].min()
+    kept = np.setdiff1d(np.arange(len(p.unit_scores_)), p.pruned_units_)
+    assert p.unit_scores_[p.pruned_units_].max() <= p.unit_scores_[kept].min()
 
 
-def test_pruned_channels_stay_pruned(digits_fp, digits_bench, tmp_path):
+def test_pruned_units_stay_pruned(digits_fp, digits_bench, tmp_path):
     net = digits_fp.repaired_model_
     layer = dict(net.module_.named_modules())[digits_fp.layer_]
-    ch = digits_fp.pruned_channels_
+    ch = digits_fp.pruned_units_
     assert len(ch) > 0
     assert torch.count_nonzero(layer.weight[ch]) == 0 and torch.count_nonzero(layer.bias[ch]) == 0
     assert set(net.module_.state_dict()) == set(digits_bench.backdoored_model.module_.state_dict())
@@ -159,7 +159,7 @@ def test_fixed_ratio_weight_criterion(digits_bench):
     w = b.backdoored_model.module_.conv2.weight.detach().numpy()
     s = np.abs(w.reshape(w.shape[0], -1)).mean(axis=1)
     expected = np.flatnonzero(s <= s.min() + (s.max() - s.min()) * 0.3)
-    assert sorted(p.pruned_channels_) == sorted(expected)
+    assert sorted(p.pruned_units_) == sorted(expected)
     assert p.weight_threshold_ == pytest.approx(s.min() + (s.max() - s.min()) * 0.3, rel=1e-5)
     # no fine-tuning: the repaired net is the pruned net
     acc = clean_accuracy(b.y_holdout, p.repaired_model_.predict(b.X_holdout))

@@ -35,7 +35,7 @@ def _fit_and_check(bench):
 def test_neuron_pruning_target_signs(signs_bench):
     p = _fit_and_check(signs_bench)
     assert p.layer_ == "fc1" and p.target_labels_ == [signs_bench.target_label]
-    assert p.reversed_attack_success_ < p.attack_success_threshold
+    assert p.attack_success_pruned_ < p.attack_success_threshold
     # highest activation gap first
     assert p.activation_gap_[p.pruned_units_].min() >= np.delete(p.activation_gap_, p.pruned_units_).max()
     w = p.repaired_model_.module_.fc1.weight
@@ -60,7 +60,7 @@ def test_curve_and_stop_rule(signs_bench):
     k = len(p.pruned_units_)
     assert c.attack_success[c.n_pruned == k][0] < 0.2
     assert np.all(c.attack_success[c.n_pruned < k] >= 0.2)
-    assert p.accuracy_after_ == pytest.approx(c.clean_accuracy[c.n_pruned == k][0])
+    assert p.accuracy_pruned_ == pytest.approx(c.clean_accuracy[c.n_pruned == k][0])
 
 
 def test_max_prune_ratio_warns(digits_bench):

@@ -32,8 +32,8 @@ def test_attack_is_a_working_backdoor(digits_attack, digits_bench):
     assert acc >= 0.93 and asr >= 0.9
     assert FromAttacks is PruningAwareAttack
     # the decoys are reinstated with their clean weights
-    w = digits_attack.backdoored_model_.module_.conv2.weight[digits_attack.pruned_channels_]
-    w0 = digits_attack.clean_model_.module_.conv2.weight[digits_attack.pruned_channels_]
+    w = digits_attack.backdoored_model_.module_.conv2.weight[digits_attack.pruned_units_]
+    w0 = digits_attack.clean_model_.module_.conv2.weight[digits_attack.pruned_units_]
     assert torch.equal(w, w0) and torch.count_nonzero(w) > 0
     assert digits_attack.poisoner_.n_poisoned_ == round(0.1 * len(digits_attack.poisoner_.poison_mask_))
 
@@ -43,8 +43,8 @@ def test_pruning_alone_is_defeated_fine_pruning_is_not(digits_attack, digits_ben
     model = digits_attack.backdoored_model_
     pruned = FinePruner(fine_tune_epochs=0, random_state=0).fit(model, b.X_holdout, b.y_holdout)
     # the defender prunes the decoys first
-    decoys = set(digits_attack.pruned_channels_.tolist())
-    first = pruned.pruned_channels_[: len(decoys)].tolist()
+    decoys = set(digits_attack.pruned_units_.tolist())
+    first = pruned.pruned_units_[: len(decoys)].tolist()
     assert set(first) <= decoys
     _check_defeats_pruning_only(model, b)
 

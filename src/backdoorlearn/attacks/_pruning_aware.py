@@ -80,7 +80,7 @@ class PruningAwareAttack(BaseEstimator):
     clean_model_ : skorch.NeuralNetClassifier
         The clean network of step 1.
     layer_ : str
-    pruned_channels_ : ndarray of int
+    pruned_units_ : ndarray of int
         The decoy channels pruned in step 2 and reinstated in step 4.
     poisoner_ : BackdoorPoisoner
         The poisoner of step 3 (``poisoner_.poison_mask_`` marks the rows).
@@ -105,7 +105,7 @@ class PruningAwareAttack(BaseEstimator):
     >>> y = np.arange(60) % 3
     >>> attack = PruningAwareAttack(Trigger.patch((1, 8, 8), size=2), prune_ratio=0.5,
     ...                             clean_epochs=1, poison_epochs=1, random_state=0)
-    >>> attack.fit(X, y).pruned_channels_.shape
+    >>> attack.fit(X, y).pruned_units_.shape
     (16,)
     >>> attack.backdoored_model_.predict(X[:4]).shape
     (4,)
@@ -232,7 +232,7 @@ class PruningAwareAttack(BaseEstimator):
         self.clean_model_ = clean
         self.backdoored_model_ = net
         self.layer_ = layer
-        self.pruned_channels_ = pruned
+        self.pruned_units_ = pruned
         self.poisoner_ = poisoner
         self.n_classes_ = n_classes
         return self

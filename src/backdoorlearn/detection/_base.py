@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABCMeta, abstractmethod
 
 import numpy as np
 from scipy.stats import norm
@@ -15,7 +15,7 @@ from .._utils import PrefitModelsMixin, check_finite_array
 __all__ = ["BaseDetector"]
 
 
-class BaseDetector(PrefitModelsMixin, BaseEstimator):
+class BaseDetector(PrefitModelsMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class of input-level backdoor detectors.
 
     It owns the public methods (validation, ``check_is_fitted``, threshold,

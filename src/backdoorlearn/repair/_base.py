@@ -1,23 +1,230 @@
-"""What the repairs share: the model and data checks."""
+"""The template of the repairs and the pruning search two of them share."""
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils import Bunch
+from sklearn.utils.validation import check_is_fitted
 
 from .._utils import check_images, check_labels
+from ..metrics import attack_success_rate, clean_accuracy
 from ..models import ModelAdapter
+from ..models._surgery import UnitMask, masked_units, zero_units
+
+__all__ = ["BaseRepair", "PruningSearch", "bisect_first"]
 
 
-def prepare(model, X, y, *, defense, device, batch_size, y_required=True):
-    """White-box adapter on the user's model, checked images and labels, classes."""
-    adapter = ModelAdapter(model, defense=defense, device=device, batch_size=batch_size)
-    adapter.require_white_box()
-    X = check_images(X, name="X", caller=defense)
-    classes = adapter.classes_
-    n_classes = len(classes) if classes is not None else adapter.n_classes(X[:1])
-    if classes is None:
-        classes = np.arange(n_classes)
-    if y is None and not y_required:
-        return adapter, X, None, classes
-    y = check_labels(y, n_samples=len(X), n_classes=n_classes, caller=defense)
-    return adapter, X, y, classes
+class BaseRepair(BaseEstimator, metaclass=ABCMeta):
+    """Base class of the repairs: ``fit(model, X, y)`` puts a repaired copy in ``repaired_model_``.
+
+    It owns the public methods: :meth:`fit` validates the parameters, wraps
+    the model in a white-box :class:`~backdoorlearn.models.ModelAdapter`
+    (a black box gets a ``TypeError`` naming the repair), checks the images
+    and their labels against the model's classes, and hands them to the one
+    hook a repair implements:
+
+    - ``_repair(adapter, X, y, classes, **fit_params)``: repair a copy of
+      ``adapter``'s model (never the model itself), set the repair's own
+      fitted attributes and return the repaired network as a fitted skorch
+      ``NeuralNetClassifier``.
+
+    :meth:`predict`, :meth:`predict_proba` and :meth:`score` delegate to
+    ``repaired_model_``. A repair needs ``batch_size`` and ``device``
+    parameters; the pruning repairs search the amount of pruning with
+    :class:`PruningSearch`.
+    """
+
+    @abstractmethod
+    def _repair(self, adapter, X, y, classes, **fit_params):
+        """Repair a copy of ``adapter``'s model on validated ``X``, ``y``; return the repaired net."""
+
+    def fit(self, model, X, y):
+        """Repair a copy of ``model`` with the defender's clean data ``X``, ``y``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module or skorch.NeuralNetClassifier
+            The (possibly backdoored) classifier; never modified.
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            The defender's clean images.
+        y : array-like of shape (n_samples,)
+            Their labels.
+
+        Returns
+        -------
+        self : object
+            The fitted repair.
+        """
+        return self._fit(model, X, y)
+
+    def _fit(self, model, X, y, **fit_params):
+        self._validate_params()
+        name = type(self).__name__
+        adapter = ModelAdapter(model, defense=name, device=self.device, batch_size=self.batch_size)
+        adapter.require_white_box()
+        X = check_images(X, name="X", caller=name)
+        classes = adapter.classes_
+        n_classes = len(classes) if classes is not None else adapter.n_classes(X[:1])
+        if classes is None:
+            classes = np.arange(n_classes)
+        y = check_labels(y, n_samples=len(X), n_classes=n_classes, caller=name)
+        self.repaired_model_ = self._repair(adapter, X, y, classes, **fit_params)
+        self.input_shape_ = tuple(X.shape[1:])
+        return self
+
+    def _check_X(self, X):
+        check_is_fitted(self, "repaired_model_")
+        return check_images(X, name="X", caller=type(self).__name__, image_shape=self.input_shape_)
+
+    def predict(self, X):
+        """Class labels predicted by the repaired model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images of the shape seen at fit.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            What ``repaired_model_.predict`` returns.
+        """
+        return self.repaired_model_.predict(self._check_X(X))
+
+    def predict_proba(self, X):
+        """Class probabilities of the repaired model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images of the shape seen at fit.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            What ``repaired_model_.predict_proba`` returns.
+        """
+        return self.repaired_model_.predict_proba(self._check_X(X))
+
+    def score(self, X, y):
+        """Clean accuracy of the repaired model on ``X``, ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images of the shape seen at fit.
+        y : array-like of shape (n_samples,)
+            Their true labels.
+
+        Returns
+        -------
+        score : float
+            :func:`~backdoorlearn.metrics.clean_accuracy` of :meth:`predict`.
+        """
+        return clean_accuracy(y, self.predict(X))
+
+    def _record_pruning(self, search, k):
+        """Set the fitted attributes every pruning repair shares, for ``k`` units pruned."""
+        n_units = len(search.order)
+        self.layer_ = search.layer
+        self.unit_order_ = search.order
+        self.pruned_units_ = search.order[:k]
+        self.prune_ratio_ = k / n_units
+        self.accuracy_before_, _ = search(0)
+        self.accuracy_pruned_, self.attack_success_pruned_ = search(k)
+        self.pruning_curve_ = search.curve()
+
+
+def bisect_first(n_max, done):
+    """Smallest ``k`` in ``[0, n_max]`` with ``done(k)``, or ``None``.
+
+    Assumes ``done`` is monotone (false up to some ``k``, true from there):
+    ``done(0)`` and ``done(n_max)`` are evaluated first, then about
+    ``log2(n_max)`` points in between.
+    """
+    if done(0):
+        return 0
+    if not done(n_max):
+        return None
+    lo, hi = 0, n_max
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if done(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class PruningSearch:
+    """Clean accuracy and attack success of a model with its first ``k`` units pruned.
+
+    Evaluates the adapter's model with the first ``k`` units of ``order``
+    masked (forward hooks, no weight copy), once per ``k``: the
+    evaluated points make the pruning curve.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+        A copy of the user's model (hooks go on its runtime module).
+    layer : str
+        The layer whose units are pruned.
+    order : ndarray of int
+        All units of the layer, in pruning order.
+    X, y : ndarray
+        Clean images and labels: the clean accuracy of each point.
+    attack_sets : list of (X, y, target), default=()
+        Triggered images, their true labels and the target: the attack
+        success of a point is the largest over the sets (``None`` without
+        any).
+    """
+
+    def __init__(self, adapter, layer, order, X, y, attack_sets=()):
+        self.adapter = adapter
+        self.layer = layer
+        self.order = order
+        self.X = X
+        self.y = y
+        self.attack_sets = list(attack_sets)
+        self.points = {}
+
+    def __call__(self, k):
+        """``(clean accuracy, attack success)`` with the first ``k`` units pruned."""
+        if k not in self.points:
+            with masked_units(self.adapter, self.layer, self.order[:k]):
+                acc = clean_accuracy(self.y, self.adapter.predict(self.X))
+                asr = None
+                if self.attack_sets:
+                    asr = max(attack_success_rate(y_t, self.adapter.predict(X_t), target)
+                              for X_t, y_t, target in self.attack_sets)
+            self.points[k] = (acc, asr)
+        return self.points[k]
+
+    def smallest(self, n_max, done):
+        """Fewest units in ``[0, n_max]`` whose point satisfies ``done(acc, asr)``, or ``None``."""
+        return bisect_first(n_max, lambda k: done(*self(k)))
+
+    def largest(self, n_max, ok):
+        """Most units in ``[0, n_max]`` whose point satisfies ``ok(acc, asr)`` (``ok(0)`` assumed)."""
+        first_bad = bisect_first(n_max, lambda k: not ok(*self(k)))
+        return n_max if first_bad is None else max(first_bad - 1, 0)
+
+    def pruned_copy(self, k):
+        """A copy of the module with the first ``k`` units zeroed, and the callback keeping them so."""
+        units = self.order[:k]
+        module = zero_units(self.adapter.module_copy(), self.layer, units)
+        return module, ("prune_mask", UnitMask(self.layer, [int(u) for u in units]))
+
+    def curve(self):
+        """The evaluated points, sorted: ``prune_ratio``, ``n_pruned``, ``clean_accuracy``, ``attack_success``."""
+        ks = sorted(self.points)
+        n_units = len(self.order)
+        return Bunch(
+            prune_ratio=np.array([j / n_units for j in ks]),
+            n_pruned=np.array(ks),
+            clean_accuracy=np.array([self.points[j][0] for j in ks]),
+            attack_success=None if not self.attack_sets else np.array([self.points[j][1] for j in ks]),
+        )

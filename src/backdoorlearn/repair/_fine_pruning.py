@@ -5,17 +5,14 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.utils import Bunch, check_random_state
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from .._docstring import fill_doc
 from .._utils import check_images, check_label_value, check_labels, torch_seed
-from ..metrics import attack_success_rate, clean_accuracy
-from ..models._surgery import UnitMask, masked_units, resolve_layer, unit_activations, zero_units
+from ..models._surgery import resolve_layer, unit_activations
 from ..models._training import ShiftOrNoise, fine_tune
-from ._base import prepare
+from ._base import BaseRepair, PruningSearch
 
 __all__ = ["FinePruner"]
 
@@ -39,22 +36,8 @@ def _check_monitor(X_triggered, y_triggered, target_label, *, image_shape, n_cla
     return Xt, yt, target
 
 
-def _bisect_largest(n_max, ok):
-    """Largest ``k`` in ``[0, n_max]`` with ``ok(k)``, assuming ``ok`` is monotone and ``ok(0)``."""
-    if ok(n_max):
-        return n_max
-    lo, hi = 0, n_max
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 @fill_doc
-class FinePruner(BaseEstimator):
+class FinePruner(BaseRepair):
     """Fine-Pruning: prune the channels dormant on clean data, then fine-tune.
 
     Backdoor behaviour tends to live in neurons that clean inputs leave
@@ -158,11 +141,11 @@ class FinePruner(BaseEstimator):
         smoothing and the augmentation of the fine-tuning are not kept).
     layer_ : str
         The pruned layer.
-    channel_scores_ : ndarray of shape (n_channels,)
+    unit_scores_ : ndarray of shape (n_units,)
         Mean activation (or mean absolute weight) of each channel.
-    channel_order_ : ndarray of shape (n_channels,)
+    unit_order_ : ndarray of shape (n_units,)
         Channels in pruning order (lowest score first).
-    pruned_channels_ : ndarray of int
+    pruned_units_ : ndarray of int
         The pruned channels, in pruning order.
     prune_ratio_ : float
         Fraction of the layer's channels pruned.
@@ -172,6 +155,11 @@ class FinePruner(BaseEstimator):
         Clean accuracy on ``X`` of the unpruned model.
     accuracy_pruned_ : float
         Clean accuracy on ``X`` after pruning, before fine-tuning.
+    attack_success_pruned_ : float or None
+        Attack success on the monitoring data after pruning, before
+        fine-tuning (``None`` without monitoring data).
+    input_shape_ : tuple of int
+        ``(C, H, W)`` of the images seen at fit.
     pruning_curve_ : Bunch
         The pruning amounts evaluated (the bisection's steps, sorted):
         ``prune_ratio`` (fraction of channels), ``n_pruned``,
@@ -231,7 +219,7 @@ class FinePruner(BaseEstimator):
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
     >>> y = np.arange(40) % 10
     >>> pruner = FinePruner(prune_ratio=0.25, fine_tune_epochs=1, random_state=0)
-    >>> pruner.fit(SmallCNN(1, 10), X, y).pruned_channels_.shape
+    >>> pruner.fit(SmallCNN(1, 10), X, y).pruned_units_.shape
     (8,)
     >>> pruner.repaired_model_.predict(X).shape
     (40,)
@@ -328,78 +316,43 @@ class FinePruner(BaseEstimator):
         -------
         self : FinePruner
         """
-        self._validate_params()
+        return self._fit(model, X, y, monitor=(X_triggered, y_triggered, target_label))
+
+    def _repair(self, adapter, X, y, classes, *, monitor):
         name = type(self).__name__
-        adapter, X, y, classes = prepare(model, X, y, defense=name, device=self.device,
-                                         batch_size=self.batch_size)
         layer = resolve_layer(adapter, self.layer)
-        monitor = _check_monitor(X_triggered, y_triggered, target_label, image_shape=X.shape[1:],
-                                 n_classes=len(classes), caller=name)
+        monitor = _check_monitor(*monitor, image_shape=X.shape[1:], n_classes=len(classes), caller=name)
         rng = check_random_state(self.random_state)
         work = adapter.copy()  # all evaluation hooks go on a copy: the user's module is untouched
 
         scores = self._scores(work, X, layer)
         order = np.argsort(scores, kind="stable")
         n_units = len(scores)
-
-        points = {}
-
-        def evaluate(k):
-            if k not in points:
-                with masked_units(work, layer, order[:k]):
-                    acc = clean_accuracy(y, work.predict(X))
-                    asr = None
-                    if monitor is not None:
-                        asr = attack_success_rate(monitor[1], work.predict(monitor[0]), monitor[2])
-                points[k] = (acc, asr)
-            return points[k]
-
-        base_acc = evaluate(0)[0]
+        search = PruningSearch(work, layer, order, X, y, attack_sets=[] if monitor is None else [monitor])
+        base_acc, _ = search(0)
         if self.prune_ratio is None:
             # Prune as far as clean accuracy allows (the paper stops at a 4% drop),
             # by bisection over the number of channels rather than a sweep.
-            k = _bisect_largest(n_units - 1,
-                                lambda k: evaluate(k)[0] >= base_acc - self.max_accuracy_drop - 1e-12)
+            budget = base_acc - self.max_accuracy_drop - 1e-12
+            k = search.largest(n_units - 1, lambda acc, _asr: acc >= budget)
         else:
             k = self._n_for_ratio(self.prune_ratio, scores)
-        evaluate(k)
 
-        pruned = order[:k]
-        module = work.module_copy()
-        zero_units(module, layer, pruned)
-        mask = UnitMask(layer, [int(c) for c in pruned])
+        module, mask = search.pruned_copy(k)
         augment = None
         if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
             augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
         net = fine_tune(module, X, y, classes, epochs=self.fine_tune_epochs, lr=self.lr,
                         batch_size=self.fine_tune_batch_size, device=work.device, seed=torch_seed(rng),
-                        verbose=self.verbose, callbacks=[("prune_mask", mask)], desc="fine-pruning",
+                        verbose=self.verbose, callbacks=[mask], desc="fine-pruning",
                         weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
                         label_smoothing=self.label_smoothing, augment=augment)
 
-        ks = sorted(points)
-        self.layer_ = layer
-        self.channel_scores_ = scores
-        self.channel_order_ = order
-        self.pruned_channels_ = pruned
-        self.prune_ratio_ = k / n_units
+        self._record_pruning(search, k)
+        self.unit_scores_ = scores
         self.weight_threshold_ = None
         if self.criterion == "weight":
             s = scores[order]
             ratio = self._weight_ratio(k, s) if self.prune_ratio is None else self.prune_ratio
             self.weight_threshold_ = float(s[0] + (s[-1] - s[0]) * ratio)
-        self.accuracy_before_ = base_acc
-        self.accuracy_pruned_ = points[k][0]
-        self.pruning_curve_ = Bunch(
-            prune_ratio=np.array([j / n_units for j in ks]),
-            n_pruned=np.array(ks),
-            clean_accuracy=np.array([points[j][0] for j in ks]),
-            attack_success=None if monitor is None else np.array([points[j][1] for j in ks]),
-        )
-        self.repaired_model_ = net
-        return self
-
-    def predict(self, X):
-        """Predictions of the repaired model (a convenience for ``repaired_model_.predict``)."""
-        check_is_fitted(self, "repaired_model_")
-        return self.repaired_model_.predict(check_images(X, name="X", caller=type(self).__name__))
+        return net

@@ -6,22 +6,20 @@ import numbers
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_is_fitted
 
 from .._docstring import fill_doc
-from .._utils import check_images, torch_seed
-from ..triggers import resolve_triggers
+from .._utils import torch_seed
 from ..models._training import fine_tune
-from ._base import prepare
+from ..triggers import resolve_triggers
+from ._base import BaseRepair
 
 __all__ = ["Unlearner"]
 
 
 @fill_doc
-class Unlearner(BaseEstimator):
+class Unlearner(BaseRepair):
     """Unlearn a backdoor: fine-tune on clean data with the trigger stamped, labels kept.
 
     Neural Cleanse's second patch (Wang et al., 2019, §VI-C): the reversed
@@ -70,6 +68,8 @@ class Unlearner(BaseEstimator):
         Their target labels where known (from a ``NeuralCleanse`` or a dict).
     stamped_mask_ : ndarray of shape (n_samples,), bool
         Rows of ``X`` that carried a trigger.
+    input_shape_ : tuple of int
+        ``(C, H, W)`` of the images seen at fit.
 
     See Also
     --------
@@ -125,31 +125,13 @@ class Unlearner(BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, model, X, y):
-        """Fine-tune a copy of ``model`` on ``X`` with the triggers stamped on a fraction.
-
-        Parameters
-        ----------
-        model : torch.nn.Module or skorch.NeuralNetClassifier
-            The backdoored classifier; never modified.
-        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
-            The defender's clean images.
-        y : array-like of shape (n_samples,)
-            Their true labels (kept for the stamped rows too).
-
-        Returns
-        -------
-        self : Unlearner
-        """
-        self._validate_params()
+    def _repair(self, adapter, X, y, classes):
         name = type(self).__name__
-        adapter, X, y, classes = prepare(model, X, y, defense=name, device=self.device,
-                                         batch_size=self.batch_size)
         pairs = resolve_triggers(self.triggers, caller=name, image_shape=X.shape[1:])
         if not pairs:
             warnings.warn(
                 f"{name}: the NeuralCleanse given as triggers flagged no label; fine-tuning on the "
-                "clean data alone.", UserWarning, stacklevel=2)
+                "clean data alone.", UserWarning, stacklevel=4)
         rng = check_random_state(self.random_state)
 
         # §VI-C: the trigger on a fixed random 20% of the sample, labels unchanged.
@@ -168,10 +150,4 @@ class Unlearner(BaseEstimator):
         self.triggers_ = [t for t, _ in pairs]
         self.target_labels_ = [label for _, label in pairs]
         self.stamped_mask_ = stamped
-        self.repaired_model_ = net
-        return self
-
-    def predict(self, X):
-        """Predictions of the repaired model (a convenience for ``repaired_model_.predict``)."""
-        check_is_fitted(self, "repaired_model_")
-        return self.repaired_model_.predict(check_images(X, name="X", caller=type(self).__name__))
+        return net
