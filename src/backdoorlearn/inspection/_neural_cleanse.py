@@ -311,6 +311,23 @@ class NeuralCleanse(BaseEstimator):
             The fitted inspector.
         """
         self._validate_params()
+        adapter, X, y = self._check_data(model, X, y)
+        candidates = self._candidates(self.n_classes_)
+        pools = [self._pool(c, y) for c in candidates]
+        rng = check_random_state(self.random_state)
+        # Seeds are drawn before any dispatch, so the result does not depend on n_jobs.
+        seeds = rng.randint(0, 2**31 - 1, size=(self.n_restarts, len(candidates)))
+        run = self._run_context(adapter, X, pools)
+        screening, selected, random_part = self._screen(candidates, pools, seeds[0], run, rng)
+        final, per_restart, n_steps = self._reverse(candidates, pools, seeds, selected, screening, run)
+        est_norms = self._score(final, per_restart, screening, selected, random_part)
+        keys = self._record(adapter, X, y, candidates, pools, final, n_steps, screening)
+        self._flag(est_norms, keys)
+        return self
+
+    # ------------------------------------------------------------------ stages of fit
+    def _check_data(self, model, X, y):
+        """The white-box adapter and validated ``X``, ``y`` (predicted labels without ``y``)."""
         name = type(self).__name__
         adapter = ModelAdapter(model, defense=name, device=self.device).require_white_box()
         X = check_images(X, name="X", caller=name, min_samples=2)
@@ -327,64 +344,77 @@ class NeuralCleanse(BaseEstimator):
         else:
             y = check_labels(y, n_samples=X.shape[0], n_classes=n_classes, caller=f"{name}.fit")
         self.n_classes_ = n_classes
-        candidates = self._candidates(n_classes)
-        pools = [self._pool(c, y) for c in candidates]
+        return adapter, X, y
 
-        rng = check_random_state(self.random_state)
+    def _run_context(self, adapter, X, pools):
+        """What every optimization chunk needs: a frozen copy of the model, the data, the settings."""
+        work = adapter.copy()  # the user's module is never touched (requires_grad, device)
+        module = work.runtime_module
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return dict(adapter=work, X=X, cfg=self._config(X, pools), device=work.device)
+
+    def _screen(self, candidates, pools, seeds, run, rng):
+        """``mode="fast"`` (Sec. V-B): a short optimization of every candidate, then the selection.
+
+        Returns the screening results (``None`` in full mode), the candidates
+        to optimize fully (the ``fast_top_k`` smallest screening norms and
+        ``fast_n_random`` others drawn at random) and the random ones.
+        """
         n_cand = len(candidates)
-        seeds = rng.randint(0, 2**31 - 1, size=(self.n_restarts, n_cand))
-        module, log_output = self._runtime(adapter)
-        cfg = self._config(X, pools)
-        run = dict(module=module, log_output=log_output, X=X, cfg=cfg, device=adapter.device)
+        if self.mode != "fast":
+            return None, np.arange(n_cand), None
+        short = self._run_tasks([Task(self._target(c), p, int(s)) for c, p, s in zip(candidates, pools, seeds)],
+                                run, steps=self.fast_steps, desc="fast screening")
+        short_norms = np.array([r.l1_norm for r in short])
+        top_k = min(self.fast_top_k or max(3, math.ceil(0.1 * n_cand)), n_cand)
+        order = np.argsort(short_norms, kind="stable")
+        top = order[:top_k]
+        rest = order[top_k:]
+        n_random = min(self.fast_n_random or max(5, math.ceil(0.2 * n_cand)), rest.size)
+        random_part = np.sort(rng.choice(rest, size=n_random, replace=False)) if n_random else \
+            np.empty(0, dtype=np.int64)
+        return short, np.sort(np.concatenate([top, random_part])), random_part
 
-        n_steps = np.zeros(n_cand, dtype=np.int64)
-        selected = np.arange(n_cand)
-        random_part = None
-        if self.mode == "fast":
-            # Sec. V-B: short optimization for every candidate, then the full one only for
-            # the top-k smallest norms and a random sample (the MAD estimate).
-            short = self._run_tasks([Task(self._target(c), p, int(s))
-                                     for c, p, s in zip(candidates, pools, seeds[0])],
-                                    run, steps=self.fast_steps, desc="fast screening")
-            short_norms = np.array([r.l1_norm for r in short])
-            n_steps += [r.steps for r in short]
-            top_k = self.fast_top_k or max(3, math.ceil(0.1 * n_cand))
-            top_k = min(top_k, n_cand)
-            order = np.argsort(short_norms, kind="stable")
-            top = order[:top_k]
-            rest = order[top_k:]
-            n_random = self.fast_n_random or max(5, math.ceil(0.2 * n_cand))
-            n_random = min(n_random, rest.size)
-            random_part = np.sort(rng.choice(rest, size=n_random, replace=False)) if n_random else \
-                np.empty(0, dtype=np.int64)
-            selected = np.sort(np.concatenate([top, random_part]))
+    def _reverse(self, candidates, pools, seeds, selected, screening, run):
+        """The full optimization of the selected candidates, ``n_restarts`` times each.
+
+        Returns the kept result per candidate (the best restart; the
+        screening result for candidates not selected), the results of each
+        restart, and the steps run per candidate.
+        """
         tasks = [Task(self._target(candidates[i]), pools[i], int(seeds[r, i]))
                  for r in range(self.n_restarts) for i in selected]
         results = self._run_tasks(tasks, run, steps=self.steps, desc="reverse engineering")
         per_restart = [results[r * len(selected):(r + 1) * len(selected)] for r in range(self.n_restarts)]
-
-        final = list(short) if self.mode == "fast" else [None] * n_cand
+        n_steps = np.zeros(len(candidates), dtype=np.int64)
+        final = [None] * len(candidates)
+        if screening is not None:
+            final = list(screening)
+            n_steps += [r.steps for r in screening]
         for j, i in enumerate(selected):
             final[i] = min((rr[j] for rr in per_restart), key=_rank)
             n_steps[i] += sum(rr[j].steps for rr in per_restart)
+        return final, per_restart, n_steps
 
-        fully = np.zeros(n_cand, dtype=bool)
+    def _score(self, final, per_restart, screening, selected, random_part):
+        """The MAD anomaly indices (Sec. IV-C), overall and per restart; returns the full-scale norms."""
+        fully = np.zeros(len(final), dtype=bool)
         fully[selected] = True
         norms = np.array([r.l1_norm for r in final])
-        if self.mode == "fast" and random_part.size >= 3:
-            # Sec. V-B estimates the median and the MAD from the randomly drawn labels
-            # alone. With a few dozen labels that is a handful of norms (8 of 43), and
-            # the fast mode flagged four clean labels beside the target on a 43-label
-            # signs model that the full mode flagged alone. The random labels were
-            # screened too, so their full / screening norm ratio puts every screened
-            # label on the full scale; the median and the MAD then come from all of
-            # them, like the full mode's.
+        ratio = None
+        if screening is not None and random_part.size >= 3:
+            # Deviation from Sec. V-B, which estimates the median and the MAD from the
+            # randomly drawn labels alone (a handful of norms with a few dozen labels): the
+            # random labels ran both phases, so their median full / screening norm ratio
+            # puts every screened label on the full scale, and the median and the MAD come
+            # from all labels, as in full mode.
+            short_norms = np.array([r.l1_norm for r in screening])
             ratio = float(np.median(norms[random_part] / np.maximum(short_norms[random_part], 1e-12)))
-        else:
-            ratio = None
 
         def scored(label_norms):
-            # Full-scale norms: fully optimized, or screening norm x ratio.
+            # Full-scale norms (fully optimized, or screening norm x ratio) and the reference.
             if ratio is None:
                 return label_norms, label_norms[fully]
             est = np.where(fully, label_norms, short_norms * ratio)
@@ -394,7 +424,7 @@ class NeuralCleanse(BaseEstimator):
         self.anomaly_indices_, self.median_l1_norm_, self.mad_ = mad_anomaly_index(est_norms, reference)
         if self.mad_ == 0:
             warnings.warn("NeuralCleanse: all reference L1 norms are equal (MAD = 0); anomaly "
-                          "indices are 0 or inf.", RuntimeWarning, stacklevel=2)
+                          "indices are 0 or inf.", RuntimeWarning, stacklevel=3)
         restart_idx = []
         for rr in per_restart:
             rn = norms.copy()
@@ -402,22 +432,33 @@ class NeuralCleanse(BaseEstimator):
             est, ref = scored(rn)
             ai, _, _ = mad_anomaly_index(est, ref)
             restart_idx.append(float(ai[np.argmin(est)]))
+        self.restart_anomaly_indices_ = np.array(restart_idx)
+        self.anomaly_index_ = float(self.anomaly_indices_[np.argmin(est_norms)])
+        self.l1_norms_ = norms
+        self.fully_optimized_ = fully
+        return est_norms
 
+    def _record(self, adapter, X, y, candidates, pools, final, n_steps, screening):
+        """The per-candidate attributes: labels, pairs, triggers and their attack success.
+
+        Returns the key of each candidate in ``triggers_``: its label, or its
+        ``(source, target)`` pair.
+        """
         self.labels_ = np.array([self._target(c) for c in candidates], dtype=np.int64)
         self.pairs_ = np.array(candidates, dtype=np.int64) if self.pairs is not None else None
         keys = [tuple(int(v) for v in c) if self.pairs is not None else int(c) for c in candidates]
         self.triggers_ = {k: Trigger(r.mask, r.pattern, name=f"reversed {k}") for k, r in zip(keys, final)}
-        self.l1_norms_ = norms
         self.reversed_attack_success_ = np.array([
             self._asr(adapter, X, y, pools[i], self.labels_[i], self.triggers_[keys[i]])
-            for i in range(n_cand)])
-        self.fully_optimized_ = fully
+            for i in range(len(candidates))])
         self.n_steps_ = n_steps
-        self.anomaly_index_ = float(self.anomaly_indices_[np.argmin(est_norms)])
-        self.restart_anomaly_indices_ = np.array(restart_idx)
-        self.screening_l1_norms_ = short_norms if self.mode == "fast" else None
+        self.screening_l1_norms_ = None if screening is None else np.array([r.l1_norm for r in screening])
+        return keys
+
+    def _flag(self, est_norms, keys):
+        """Flag the candidates below the median whose anomaly index exceeds the threshold."""
         # Only fully optimized candidates can be flagged (all of them in full mode).
-        flagged = np.flatnonzero(fully & (est_norms < self.median_l1_norm_)
+        flagged = np.flatnonzero(self.fully_optimized_ & (est_norms < self.median_l1_norm_)
                                  & (self.anomaly_indices_ > self.anomaly_threshold))
         flagged = flagged[np.argsort(-self.anomaly_indices_[flagged], kind="stable")]
         if self.pairs is not None:
@@ -427,7 +468,6 @@ class NeuralCleanse(BaseEstimator):
             self.flagged_pairs_ = None
             self.flagged_labels_ = [int(self.labels_[i]) for i in flagged]
         self.backdoor_detected_ = bool(flagged.size)
-        return self
 
     # ------------------------------------------------------------------ helpers
     def _candidates(self, n_classes):
@@ -478,14 +518,6 @@ class NeuralCleanse(BaseEstimator):
                              "Neural Cleanse needs some to reverse a trigger.")
         return pool
 
-    def _runtime(self, adapter):
-        work = adapter.copy()  # the user's module is never touched (requires_grad, device)
-        module = work.runtime_module
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        return module, work.outputs_probabilities
-
     def _config(self, X, pools):
         lo = min(0.0, float(X.min()))
         hi = max(1.0, float(X.max()))
@@ -510,14 +542,13 @@ class NeuralCleanse(BaseEstimator):
         n_jobs = effective_n_jobs(self.n_jobs)
         size = self.label_chunk_size
         if size is None:
-            # Auto: split over the jobs, and bound one forward pass to ~2**18 input values.
-            # On a CPU, bigger batches of large images run slower per image (measured on
-            # the 3x32x32 signs model: 10 labels at once 0.8x, chunks of 2 labels 1.2-1.4x
-            # the speed of one label at a time); small images are batched whole.
+            # Split over the jobs, and bound one forward pass to about _FORWARD_BUDGET input
+            # values: on a CPU, larger batches of large images run slower per image (their
+            # feature maps leave the caches); small images are batched whole.
             per_task = cfg["batch"] * int(np.prod(run["X"].shape[1:]))
             size = min(math.ceil(len(tasks) / n_jobs), max(1, _FORWARD_BUDGET // per_task))
         chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-        args = [(run["module"], run["log_output"], run["X"], chunk, cfg, run["device"], self.verbose,
+        args = [(run["adapter"], run["X"], chunk, cfg, run["device"], self.verbose,
                  f"{desc} {k + 1}/{len(chunks)}") for k, chunk in enumerate(chunks)]
         if n_jobs > 1 and len(chunks) > 1:
             out = Parallel(n_jobs=self.n_jobs)(delayed(_run_chunk)(*a) for a in args)
@@ -536,13 +567,7 @@ def _rank(result):
     return (not result.reached, result.l1_norm)
 
 
-def _run_chunk(module, log_output, X, tasks, cfg, device, verbose, desc):
-    import torch
-
-    def model(x):
-        out = module(x)
-        return torch.log(out.clamp_min(1e-12)) if log_output else out
-
+def _run_chunk(adapter, X, tasks, cfg, device, verbose, desc):
     bar = None
     if verbose:
         from tqdm.auto import tqdm
@@ -554,7 +579,7 @@ def _run_chunk(module, log_output, X, tasks, cfg, device, verbose, desc):
         bar.set_postfix(active=n_active)
 
     try:
-        return reverse_chunk(model, X, tasks, cfg, device=device,
+        return reverse_chunk(adapter.forward_logits, X, tasks, cfg, device=device,
                              progress=progress if bar is not None else None)
     finally:
         if bar is not None:
