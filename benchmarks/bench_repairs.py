@@ -15,7 +15,6 @@ import torch
 
 from backdoorlearn import FinePruner, NeuralCleanse, NeuronPruner, PruningAwareAttack, SmallCNN, Unlearner
 from backdoorlearn.datasets import make_backdoor_benchmark
-from backdoorlearn.datasets._benchmark import _CONFIG
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 
 # FinePruner with the paper's plain fine-tuning: constant rate, no augmentation, smoothing or decay.
@@ -75,13 +74,12 @@ def run(dataset, seed, cleanse, pruning_aware):
                     f"{len(r.pruning_curve_.n_pruned)} evaluations for {n_units} units")
         rows.append((name, r.repaired_model_, secs, note))
     if pruning_aware:
-        cfg = _CONFIG[dataset]
         t = time.perf_counter()
         keep = ~b.poison_mask  # the attacker's clean training set
         attack = PruningAwareAttack(
-            b.trigger, target_label=b.target_label, module=SmallCNN(b.X_train.shape[1], b.n_classes, **cfg["module"]),
+            b.trigger, target_label=b.target_label, module=SmallCNN(b.X_train.shape[1], b.n_classes, **b.module_params),
             clean_epochs=ATTACK_EPOCHS[dataset], poison_epochs=ATTACK_EPOCHS[dataset],
-            lr=ATTACK_LR[dataset] or cfg["lr"], random_state=0).fit(b.X_train[keep], b.y_train[keep])
+            lr=ATTACK_LR[dataset] or b.train_params["lr"], random_state=0).fit(b.X_train[keep], b.y_train[keep])
         rows.append(("pruning-aware attack", attack.backdoored_model_, time.perf_counter() - t,
                      f"{len(attack.pruned_units_)} decoy channels of {attack.layer_}"))
         for name, kw in (("  then pruning alone", dict(fine_tune_epochs=0)), ("  then FinePruner", {})):

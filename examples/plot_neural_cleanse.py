@@ -52,7 +52,7 @@ fig.tight_layout()
 # also works as a trigger on the clean test set.
 nc = results["backdoored_model"]
 TriggerDisplay.from_estimator(nc, original=bench.trigger)
-pred = bench.backdoored_model.predict(nc.triggers_[0].apply(bench.X_test))
+pred = bench.backdoored_model.predict(nc.reversed_triggers_[0].apply(bench.X_test))
 print(f"attack success of the reversed trigger: {attack_success_rate(bench.y_test, pred, 0):.1%}")
 
 # %%

@@ -15,12 +15,21 @@ random_state : int, RandomState instance or None, default=None
     Makes a run repeatable. Seeds local numpy and torch generators only;
     the global ones are left as they were.""",
     "device": """\
-device : {"cpu", "cuda", "auto"}, default="cpu"
-    Where the tensor work runs. ``"auto"`` picks CUDA when available. The
-    user's model is never moved: the defense works on a copy.""",
+device : str, torch.device or None, default=None
+    Where the tensor work runs: ``None`` is the model's own device (a
+    skorch net's ``device``; the CPU for a model that has none), ``"auto"``
+    is CUDA when available, else a device such as ``"cpu"`` or
+    ``"cuda:1"``. The user's model is never moved: the work runs on a
+    copy.""",
     "batch_size": """\
 batch_size : int, default=256
-    Inputs per forward pass (bounds memory, not the result).""",
+    Inputs per forward pass of evaluation: it bounds memory, not the
+    result.""",
+    "train_batch_size": """\
+train_batch_size : int, default=16
+    Mini-batch size of the fine-tuning: it changes the result (unlike
+    ``batch_size``). Small, because the defender's data are a few hundred
+    images and each epoch should still take many gradient steps.""",
     "verbose": """\
 verbose : int, default=0
     0 is silent; 1 shows tqdm progress for the long loops.""",

@@ -54,6 +54,11 @@ class BackdoorPoisoner(BaseEstimator):
         Number of poisoned rows (fewer than asked, with a warning, when too
         few rows are eligible).
 
+    See Also
+    --------
+    Trigger : The trigger stamped on the poisoned rows.
+    PruningAwareAttack : An attack designed to survive pruning.
+
     References
     ----------
     .. [1] T. Gu, B. Dolan-Gavitt, S. Garg, "BadNets: Identifying
@@ -118,12 +123,16 @@ class BackdoorPoisoner(BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            The clean training images.
         y : array-like of shape (n_samples,)
+            Their labels.
 
         Returns
         -------
-        X_poisoned : ndarray, same shape as ``X``, float32
+        X_poisoned : ndarray of the shape of ``X``, float32
+            The images, the poisoned rows stamped with their trigger.
         y_poisoned : ndarray of shape (n_samples,), int64
+            The labels, the poisoned rows relabelled to their target.
         """
         self._validate_params()
         X_img = check_images(X, name="X", caller="BackdoorPoisoner")

@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .._docstring import fill_doc
-from .._utils import check_images, check_label_value, check_labels, seeded, torch_seed
+from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels, seeded, torch_seed
 from ..models import ModelAdapter, SmallCNN, build_net
 from ..models._surgery import UnitMask, resolve_layer, unit_activations, zero_units
 from ..triggers import Trigger
@@ -122,13 +122,13 @@ class PruningAwareAttack(BaseEstimator):
         "poison_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [str],
+        "device": DEVICE_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     def __init__(self, trigger, target_label=0, poison_rate=0.1, prune_ratio=0.7, layer=None, module=None,
-                 clean_epochs=20, poison_epochs=20, lr=2e-3, train_batch_size=64, device="cpu",
+                 clean_epochs=20, poison_epochs=20, lr=2e-3, train_batch_size=64, device=None,
                  random_state=None, verbose=0):
         self.trigger = trigger
         self.target_label = target_label
@@ -157,6 +157,7 @@ class PruningAwareAttack(BaseEstimator):
         Returns
         -------
         self : PruningAwareAttack
+            The fitted attack.
         """
         self._validate_params()
         name = type(self).__name__
@@ -238,6 +239,17 @@ class PruningAwareAttack(BaseEstimator):
         return self
 
     def predict(self, X):
-        """Predictions of the backdoored network."""
+        """Predict with the backdoored network.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            What ``backdoored_model_.predict`` returns.
+        """
         check_is_fitted(self, "backdoored_model_")
         return self.backdoored_model_.predict(check_images(X, name="X", caller=type(self).__name__))

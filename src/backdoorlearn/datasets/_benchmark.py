@@ -41,13 +41,16 @@ def default_trigger(dataset, image_shape, attack="badnets"):
     Parameters
     ----------
     dataset : {"digits", "signs"}
+        The embedded data set.
     image_shape : tuple of int
         ``(C, H, W)`` of the images.
     attack : {"badnets", "blend"}, default="badnets"
+        A patch in a corner or a blended noise image.
 
     Returns
     -------
     trigger : Trigger
+        The trigger, named after the attack.
 
     Examples
     --------
@@ -71,7 +74,7 @@ def default_trigger(dataset, image_shape, attack="badnets"):
 
 
 def make_backdoor_benchmark(dataset="digits", attack="badnets", target_label=0, poison_rate=0.1,
-                            n_samples=None, n_classes=None, random_state=0, device="cpu", verbose=0):
+                            n_samples=None, n_classes=None, random_state=0, device=None, verbose=0):
     """A poisoned training set, the defender's clean data, test sets and two trained models.
 
     The data are split into a clean test set (25%), the defender's clean
@@ -90,6 +93,7 @@ def make_backdoor_benchmark(dataset="digits", attack="badnets", target_label=0, 
         A patch in a corner (BadNets) or a noise image blended in at 20%
         (see :func:`default_trigger`).
     target_label : int, default=0
+        The class triggered inputs are sent to.
     poison_rate : float, default=0.1
         Fraction of the training set poisoned, in (0, 1].
     n_samples : int, default=None
@@ -98,7 +102,7 @@ def make_backdoor_benchmark(dataset="digits", attack="badnets", target_label=0, 
         Signs only: classes drawn (default 10; GTSRB has 43).
     random_state : int, default=0
         Seeds the split, the poisoning and both trainings (locally).
-    device : str, default="cpu"
+    device : str, torch.device or None, default=None
         Where the models train.
     verbose : int, default=0
         1 shows a progress bar over the training epochs.
@@ -110,7 +114,10 @@ def make_backdoor_benchmark(dataset="digits", attack="badnets", target_label=0, 
         ``y_holdout`` (clean, the defender's data), ``X_test``, ``y_test``
         (clean), ``X_test_triggered`` (the test images with the trigger),
         ``trigger``, ``target_label``, ``n_classes``, ``backdoored_model``,
-        ``clean_model`` (fitted skorch nets), ``dataset``, ``attack``.
+        ``clean_model`` (fitted skorch nets), ``module_params`` and
+        ``train_params`` (the :class:`~backdoorlearn.models.SmallCNN`
+        arguments and the :func:`~backdoorlearn.models.train_classifier`
+        budget both models were trained with), ``dataset``, ``attack``.
 
     Examples
     --------
@@ -162,5 +169,7 @@ def make_backdoor_benchmark(dataset="digits", attack="badnets", target_label=0, 
         X_test=X_test, y_test=y_test, X_test_triggered=trigger.apply(X_test),
         trigger=trigger, target_label=target_label, n_classes=k,
         backdoored_model=backdoored, clean_model=clean,
+        module_params=dict(cfg["module"]),
+        train_params=dict(max_epochs=cfg["max_epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"]),
         dataset=dataset, attack=attack,
     )

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from .._docstring import fill_doc
-from .._utils import check_images
+from .._utils import DEVICE_CONSTRAINT, check_images
 from ..models import ModelAdapter
 from ..triggers import Trigger, resolve_triggers
 from ._base import BaseDetector
@@ -27,7 +27,7 @@ class ActivationFilter(BaseDetector):
     stamped with the trigger than by the same images clean; the top
     ``top_fraction`` are kept, and an input is flagged when its mean
     activation over those neurons is above a threshold learned on clean
-    data at ``false_positive_rate``.
+    data at ``false_rejection_rate``.
 
     Needs a white-box model (a torch module or a skorch net), the trigger
     (usually reversed by :class:`NeuralCleanse`, never the attacker's) and
@@ -39,8 +39,8 @@ class ActivationFilter(BaseDetector):
 
     Parameters
     ----------
-    estimator : torch.nn.Module or skorch.NeuralNetClassifier
-        The (suspect) model; never modified.
+    model : torch.nn.Module or skorch.NeuralNetClassifier
+        The (suspect) model; never modified, kept by reference by ``clone``.
     triggers : Trigger, list of Trigger or fitted NeuralCleanse
         The trigger(s) whose neurons are watched. A fitted
         :class:`NeuralCleanse` contributes the triggers of its flagged labels
@@ -56,9 +56,10 @@ class ActivationFilter(BaseDetector):
         64-unit layer 1% is less than one neuron, and the single most
         trigger-specific neuron alone missed 33% of the triggered inputs of
         the digits benchmark model at 5% false positives (8 neurons: 1%).
-    false_positive_rate : float, default=0.05
-        Fraction of clean inputs flagged; sets ``threshold_`` as the
-        quantile of the clean scores.
+    false_rejection_rate : float, default=0.05
+        Wanted fraction of clean inputs flagged, in (0, 1): ``threshold_`` is
+        the clean scores' quantile at this rate (the paper's 5% false
+        positive rate).
     threshold : float, default=None
         A fixed threshold on the score instead of the learned one.
     threshold_method : {"quantile", "normal"}, default="quantile"
@@ -105,39 +106,38 @@ class ActivationFilter(BaseDetector):
     ((60,), 8)
     """
 
-    _rate_param = "false_positive_rate"
     # clone keeps the model and a fitted NeuralCleanse by reference (not refit-able copies)
-    _model_params = ("estimator", "triggers")
+    _model_params = ("model", "triggers")
 
     _parameter_constraints = {
-        "estimator": [HasMethods("forward"), HasMethods("predict_proba")],
+        "model": [HasMethods("forward"), HasMethods("predict_proba")],
         "triggers": [Trigger, list, tuple, HasMethods("fit")],
         "layer": [str, None],
         "top_fraction": [Interval(numbers.Real, 0, 1, closed="right")],
         "min_neurons": [Interval(numbers.Integral, 1, None, closed="left")],
-        "false_positive_rate": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "false_rejection_rate": [Interval(numbers.Real, 0, 1, closed="neither")],
         "threshold": [numbers.Real, None],
         "threshold_method": [StrOptions({"quantile", "normal"})],
-        "device": [str, None],
+        "device": DEVICE_CONSTRAINT,
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, estimator, triggers, layer=None, top_fraction=0.01, min_neurons=8,
-                 false_positive_rate=0.05,
-                 threshold=None, threshold_method="quantile", device="cpu", batch_size=256):
-        self.estimator = estimator
+    def __init__(self, model, triggers, layer=None, top_fraction=0.01, min_neurons=8,
+                 false_rejection_rate=0.05, threshold=None, threshold_method="quantile", device=None,
+                 batch_size=256):
+        self.model = model
         self.triggers = triggers
         self.layer = layer
         self.top_fraction = top_fraction
         self.min_neurons = min_neurons
-        self.false_positive_rate = false_positive_rate
+        self.false_rejection_rate = false_rejection_rate
         self.threshold = threshold
         self.threshold_method = threshold_method
         self.device = device
         self.batch_size = batch_size
 
     def _adapter(self):
-        return ModelAdapter(self.estimator, defense=type(self).__name__, device=self.device,
+        return ModelAdapter(self.model, defense=type(self).__name__, device=self.device,
                             batch_size=self.batch_size).require_white_box()
 
     def _resolve_triggers(self):

@@ -13,7 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._docstring import fill_doc
-from .._utils import check_images, check_label_value, check_labels
+from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels
 from ..metrics import attack_success_rate
 from ..models import ModelAdapter
 from ..triggers import Trigger
@@ -91,7 +91,7 @@ class NeuralCleanse(BaseEstimator):
         Adam learning rate (betas (0.5, 0.9) as in the reference code).
     steps : int, default=100
         Most optimization steps per trigger. One step is one pass over the
-        defender's images in mini-batches of ``batch_size`` (the reference's
+        defender's images in mini-batches of ``train_batch_size`` (the reference's
         "epoch"; see ``samples_per_step``); the cost schedule and early
         stopping act once per step.
     attack_success_threshold : float, default=0.99
@@ -145,9 +145,9 @@ class NeuralCleanse(BaseEstimator):
         at once; 2 labels of 3x32x32 images, which ran faster on a CPU than
         larger chunks); ``1`` is the one-label-at-a-time reference. The
         result does not depend on it.
-    batch_size : int, default=32
+    train_batch_size : int, default=32
         Images per trigger in each mini-batch (a forward pass holds up to
-        ``label_chunk_size * batch_size`` images).
+        ``label_chunk_size * train_batch_size`` images).
     samples_per_step : int, default=None
         Images drawn per step (rounded up to whole mini-batches). ``None``
         is one pass over ``X``. The reference's GTSRB example draws 1000 per
@@ -164,7 +164,7 @@ class NeuralCleanse(BaseEstimator):
 
     Attributes
     ----------
-    triggers_ : dict
+    reversed_triggers_ : dict
         Label (or ``(source, target)`` pair) -> reversed :class:`Trigger`.
     labels_ : ndarray of shape (n_candidates,)
         Target label of each candidate.
@@ -232,7 +232,7 @@ class NeuralCleanse(BaseEstimator):
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
     >>> y = np.arange(40) % 4
     >>> nc = NeuralCleanse(steps=3, random_state=0).fit(SmallCNN(1, 4), X, y)
-    >>> nc.l1_norms_.shape, sorted(nc.triggers_)
+    >>> nc.l1_norms_.shape, sorted(nc.reversed_triggers_)
     ((4,), [0, 1, 2, 3])
     >>> bool(np.isfinite(nc.anomaly_indices_).all())
     True
@@ -255,9 +255,9 @@ class NeuralCleanse(BaseEstimator):
         "anomaly_threshold": [Interval(numbers.Real, 0, None, closed="left")],
         "n_restarts": [Interval(numbers.Integral, 1, None, closed="left")],
         "label_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "samples_per_step": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "device": [str, None],
+        "device": DEVICE_CONSTRAINT,
         "n_jobs": [numbers.Integral, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -266,8 +266,8 @@ class NeuralCleanse(BaseEstimator):
     def __init__(self, init_cost=1e-3, lr=0.1, steps=100, attack_success_threshold=0.99, patience=5,
                  cost_multiplier=1.5, early_stop_patience=None, labels=None, pairs=None, mode="full",
                  fast_steps=10, fast_top_k=None, fast_n_random=None, anomaly_threshold=2.0,
-                 n_restarts=1, label_chunk_size=None, batch_size=32, samples_per_step=None,
-                 device="cpu", n_jobs=None, random_state=None, verbose=0):
+                 n_restarts=1, label_chunk_size=None, train_batch_size=32, samples_per_step=None,
+                 device=None, n_jobs=None, random_state=None, verbose=0):
         self.init_cost = init_cost
         self.lr = lr
         self.steps = steps
@@ -284,7 +284,7 @@ class NeuralCleanse(BaseEstimator):
         self.anomaly_threshold = anomaly_threshold
         self.n_restarts = n_restarts
         self.label_chunk_size = label_chunk_size
-        self.batch_size = batch_size
+        self.train_batch_size = train_batch_size
         self.samples_per_step = samples_per_step
         self.device = device
         self.n_jobs = n_jobs
@@ -441,15 +441,15 @@ class NeuralCleanse(BaseEstimator):
     def _record(self, adapter, X, y, candidates, pools, final, n_steps, screening):
         """The per-candidate attributes: labels, pairs, triggers and their attack success.
 
-        Returns the key of each candidate in ``triggers_``: its label, or its
+        Returns the key of each candidate in ``reversed_triggers_``: its label, or its
         ``(source, target)`` pair.
         """
         self.labels_ = np.array([self._target(c) for c in candidates], dtype=np.int64)
         self.pairs_ = np.array(candidates, dtype=np.int64) if self.pairs is not None else None
         keys = [tuple(int(v) for v in c) if self.pairs is not None else int(c) for c in candidates]
-        self.triggers_ = {k: Trigger(r.mask, r.pattern, name=f"reversed {k}") for k, r in zip(keys, final)}
+        self.reversed_triggers_ = {k: Trigger(r.mask, r.pattern, name=f"reversed {k}") for k, r in zip(keys, final)}
         self.reversed_attack_success_ = np.array([
-            self._asr(adapter, X, y, pools[i], self.labels_[i], self.triggers_[keys[i]])
+            self._asr(adapter, X, y, pools[i], self.labels_[i], self.reversed_triggers_[keys[i]])
             for i in range(len(candidates))])
         self.n_steps_ = n_steps
         self.screening_l1_norms_ = None if screening is None else np.array([r.l1_norm for r in screening])
@@ -521,13 +521,13 @@ class NeuralCleanse(BaseEstimator):
     def _config(self, X, pools):
         lo = min(0.0, float(X.min()))
         hi = max(1.0, float(X.max()))
-        batch = min(self.batch_size, min(p.size for p in pools))
+        batch = min(self.train_batch_size, min(p.size for p in pools))
         # One step = as many mini-batches as one pass over X takes (or samples_per_step
         # images): the same cadence for the cost schedule whether a trigger's pool is all
         # other labels or one source.
         return dict(
             steps=self.steps, batch=batch,
-            batches_per_step=max(1, math.ceil((self.samples_per_step or len(X)) / self.batch_size)),
+            batches_per_step=max(1, math.ceil((self.samples_per_step or len(X)) / self.train_batch_size)),
             lr=float(self.lr), betas=(0.5, 0.9), init_cost=float(self.init_cost),
             threshold=float(self.attack_success_threshold), patience=int(self.patience),
             multiplier_up=float(self.cost_multiplier),

@@ -111,6 +111,10 @@ class UnitMask(Callback):
     units : list of int
         Its pruned output channels or neurons.
 
+    See Also
+    --------
+    backdoorlearn.FinePruner : Prunes channels and fine-tunes with this callback.
+
     Examples
     --------
     >>> import numpy as np
@@ -150,7 +154,8 @@ class UnitMask(Callback):
         net : skorch.NeuralNet
             The net being trained.
         named_parameters : iterator
-            skorch's parameters of the step (unused: the layer is looked up).
+            The parameters of the step, as skorch passes them (unused: the
+            layer is looked up by name).
         **kwargs : dict
             Ignored (skorch's callback interface).
         """

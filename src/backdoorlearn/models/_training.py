@@ -103,7 +103,7 @@ def build_net(
     max_epochs=10,
     lr=1e-3,
     batch_size=64,
-    device="cpu",
+    device=None,
     optimizer=torch.optim.Adam,
     verbose=0,
     desc="training",
@@ -130,9 +130,10 @@ def build_net(
     lr : float, default=1e-3
         Learning rate of the optimizer.
     batch_size : int, default=64
-        skorch's mini-batch size, for training and prediction alike.
-    device : str, default="cpu"
-        Where the net trains (``"auto"`` picks CUDA when available).
+        Mini-batch size of skorch's training and prediction alike.
+    device : str, torch.device or None, default=None
+        Where the net trains: ``None`` is where a module instance lives (the
+        CPU for a class), ``"auto"`` is CUDA when available.
     optimizer : torch optimizer class, default=torch.optim.Adam
         The optimizer; its parameters go in ``kwargs`` as
         ``optimizer__name=value``.
@@ -178,14 +179,14 @@ def build_net(
         train_split=None,
         iterator_train__shuffle=True,
         classes=None if classes is None else list(np.asarray(classes).tolist()),
-        device=resolve_device(device),
+        device=resolve_device(device, module),
         callbacks=cbs or None,
         verbose=0,
         **kwargs,
     )
 
 
-def wrap_module(module, classes, *, device="cpu", **net_params):
+def wrap_module(module, classes, *, device=None, **net_params):
     """Wrap a trained torch module into a fitted skorch ``NeuralNetClassifier``.
 
     The module is used as is (no re-initialization, no copy): the returned
@@ -199,8 +200,8 @@ def wrap_module(module, classes, *, device="cpu", **net_params):
         A trained network returning logits.
     classes : array-like
         Class labels, in the order of the module's outputs.
-    device : str, default="cpu"
-        Where the net runs.
+    device : str, torch.device or None, default=None
+        Where the net runs; ``None`` is where ``module`` lives.
     **net_params : dict
         Passed to :func:`build_net` (``lr``, ``batch_size``, ...).
 
@@ -225,7 +226,7 @@ def wrap_module(module, classes, *, device="cpu", **net_params):
 
 
 def train_classifier(X, y, *, n_classes, module_params=None, max_epochs=20, lr=3e-3, batch_size=64,
-                     device="cpu", random_state=None, verbose=0, desc="training"):
+                     device=None, random_state=None, verbose=0, desc="training"):
     """Train a :class:`~backdoorlearn.models.SmallCNN` through skorch, seeded locally.
 
     The recipe of :func:`~backdoorlearn.datasets.make_backdoor_benchmark`'s
@@ -250,8 +251,8 @@ def train_classifier(X, y, *, n_classes, module_params=None, max_epochs=20, lr=3
         Adam learning rate.
     batch_size : int, default=64
         Mini-batch size.
-    device : str, default="cpu"
-        Where the network trains.
+    device : str, torch.device or None, default=None
+        Where the network trains (``None``: the CPU, where it is built).
     random_state : int, RandomState instance or None, default=None
         Seeds the initialization and the batch order.
     verbose : int, default=0

@@ -42,6 +42,10 @@ class SmallCNN(nn.Module):
     penultimate_name : str
         Name of the penultimate layer (``"penultimate"``).
 
+    See Also
+    --------
+    backdoorlearn.models.train_classifier : Train it through skorch, seeded locally.
+
     Examples
     --------
     >>> import torch
@@ -79,6 +83,18 @@ class SmallCNN(nn.Module):
         self.penultimate_name = "penultimate"
 
     def forward(self, x):
+        """Compute the logits of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, in_channels, H, W)
+            Images.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n, n_classes)
+            One score per class.
+        """
         for name in self._blocks:
             x = getattr(self, name)(x)
         size = self.gap.output_size

@@ -34,7 +34,36 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
     :meth:`predict`, :meth:`predict_proba` and :meth:`score` delegate to
     ``repaired_model_``. A repair needs ``batch_size`` and ``device``
     parameters; the pruning repairs search the amount of pruning with
-    :class:`PruningSearch`.
+    ``PruningSearch`` and record it with ``_record_pruning``.
+
+    The shape is that of a model-level tool, ``fit(model, X, y)``, not of a
+    scikit-learn classifier (``fit(X, y)``): a repair does not go into
+    ``GridSearchCV`` or ``Pipeline`` itself; its ``repaired_model_`` does.
+
+    See Also
+    --------
+    backdoorlearn.FinePruner : Fine-Pruning.
+    backdoorlearn.NeuronPruner : Neural Cleanse's neuron pruning.
+    backdoorlearn.Unlearner : Neural Cleanse's unlearning.
+
+    Examples
+    --------
+    A repair that hands back an unchanged copy:
+
+    >>> import numpy as np
+    >>> from backdoorlearn import SmallCNN
+    >>> from backdoorlearn.repair import BaseRepair
+    >>> class Copy(BaseRepair):
+    ...     _parameter_constraints = {}
+    ...     def __init__(self, batch_size=256, device=None):
+    ...         self.batch_size = batch_size
+    ...         self.device = device
+    ...     def _repair(self, adapter, X, y, classes):
+    ...         return adapter.to_net(classes=classes)
+    >>> X = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    >>> repair = Copy().fit(SmallCNN(1, 4), X, np.arange(20) % 4)
+    >>> repair.predict(X[:3]).shape
+    (3,)
     """
 
     @abstractmethod
@@ -92,7 +121,8 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
         y_pred : ndarray of shape (n_samples,)
             What ``repaired_model_.predict`` returns.
         """
-        return self.repaired_model_.predict(self._check_X(X))
+        X = self._check_X(X)
+        return self.repaired_model_.predict(X)
 
     def predict_proba(self, X):
         """Class probabilities of the repaired model.
@@ -107,7 +137,8 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
         proba : ndarray of shape (n_samples, n_classes)
             What ``repaired_model_.predict_proba`` returns.
         """
-        return self.repaired_model_.predict_proba(self._check_X(X))
+        X = self._check_X(X)
+        return self.repaired_model_.predict_proba(X)
 
     def score(self, X, y):
         """Clean accuracy of the repaired model on ``X``, ``y``.

@@ -9,7 +9,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._docstring import fill_doc
-from .._utils import check_images, check_label_value, check_labels, torch_seed
+from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels, torch_seed
 from ..models._surgery import resolve_layer, unit_activations
 from ..models._training import ShiftOrNoise, fine_tune
 from ._base import BaseRepair, PruningSearch
@@ -124,8 +124,7 @@ class FinePruner(BaseRepair):
         (mean 1.4% instead of 0.4%). Alone, with 30 epochs at a constant
         rate and no augmentation, ``0.3`` removes the digits backdoor at a
         cost of 6.4 points of clean accuracy.
-    fine_tune_batch_size : int, default=16
-        Mini-batch size of the fine-tuning.
+    {train_batch_size}
     {batch_size}
     {device}
     {random_state}
@@ -238,17 +237,17 @@ class FinePruner(BaseRepair):
         "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
         "noise_prob": [Interval(numbers.Real, 0, 1, closed="both")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "fine_tune_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [str],
+        "device": DEVICE_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     def __init__(self, layer=None, criterion="activation", prune_ratio=None, max_accuracy_drop=0.04,
                  fine_tune_epochs=120, lr=1e-2, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
-                 noise_std=0.3, noise_prob=0.5, weight_decay=0.2, fine_tune_batch_size=16, batch_size=256,
-                 device="cpu", random_state=None, verbose=0):
+                 noise_std=0.3, noise_prob=0.5, weight_decay=0.2, train_batch_size=16, batch_size=256,
+                 device=None, random_state=None, verbose=0):
         self.layer = layer
         self.criterion = criterion
         self.prune_ratio = prune_ratio
@@ -261,7 +260,7 @@ class FinePruner(BaseRepair):
         self.noise_std = noise_std
         self.noise_prob = noise_prob
         self.weight_decay = weight_decay
-        self.fine_tune_batch_size = fine_tune_batch_size
+        self.train_batch_size = train_batch_size
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
@@ -315,6 +314,7 @@ class FinePruner(BaseRepair):
         Returns
         -------
         self : FinePruner
+            The fitted repair.
         """
         return self._fit(model, X, y, monitor=(X_triggered, y_triggered, target_label))
 
@@ -343,7 +343,7 @@ class FinePruner(BaseRepair):
         if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
             augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
         net = fine_tune(module, X, y, classes, epochs=self.fine_tune_epochs, lr=self.lr,
-                        batch_size=self.fine_tune_batch_size, device=work.device, seed=torch_seed(rng),
+                        batch_size=self.train_batch_size, device=work.device, seed=torch_seed(rng),
                         verbose=self.verbose, callbacks=[mask], desc="fine-pruning",
                         weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
                         label_smoothing=self.label_smoothing, augment=augment)

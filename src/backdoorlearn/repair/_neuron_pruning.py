@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval
 
 from .._docstring import fill_doc
-from .._utils import check_label_value
+from .._utils import DEVICE_CONSTRAINT, check_label_value
 from ..models._surgery import UNIT_LAYERS, resolve_layer, unit_activations
 from ..triggers import resolve_triggers
 from ._base import BaseRepair, PruningSearch
@@ -126,12 +126,12 @@ class NeuronPruner(BaseRepair):
         "attack_success_threshold": [Interval(numbers.Real, 0, 1, closed="right")],
         "max_prune_ratio": [Interval(numbers.Real, 0, 1, closed="neither")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [str],
+        "device": DEVICE_CONSTRAINT,
         "verbose": ["verbose"],
     }
 
     def __init__(self, triggers, layer=None, target_label=None, attack_success_threshold=0.05,
-                 max_prune_ratio=0.8, batch_size=256, device="cpu", verbose=0):
+                 max_prune_ratio=0.8, batch_size=256, device=None, verbose=0):
         self.triggers = triggers
         self.layer = layer
         self.target_label = target_label

@@ -10,7 +10,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 
 from .._docstring import fill_doc
-from .._utils import torch_seed
+from .._utils import DEVICE_CONSTRAINT, torch_seed
 from ..models._training import fine_tune
 from ..triggers import resolve_triggers
 from ._base import BaseRepair
@@ -36,23 +36,24 @@ class Unlearner(BaseRepair):
     ----------
     triggers : Trigger, list of Trigger, dict or fitted NeuralCleanse
         What to unlearn. A fitted ``NeuralCleanse`` contributes the reversed
-        triggers of its flagged labels (``triggers_[label]`` for each label
-        in ``flagged_labels_``); a dict maps target labels to triggers.
+        triggers of its flagged labels (``reversed_triggers_[label]`` for
+        each label in ``flagged_labels_``); a dict maps target labels to
+        triggers.
         ``sklearn.clone`` (and so ``GridSearchCV``) would hand over an
         unfitted copy of a ``NeuralCleanse``: pass the dict
-        ``{k: nc.triggers_[k] for k in nc.flagged_labels_}`` there.
+        ``{k: nc.reversed_triggers_[k] for k in nc.flagged_labels_}`` there.
     stamp_fraction : float in [0, 1], default=0.2
         Fraction of ``X`` that carries a trigger (the paper: 20%), split
         evenly between the triggers. 0 is clean-only fine-tuning.
-    epochs : int, default=20
+    fine_tune_epochs : int, default=20
         Fine-tuning epochs. The paper trains one epoch on 10% of the
         training set (thousands of images); with the few hundred images of a
         small hold-out one epoch is a handful of gradient steps, so the
         default gives a comparable number of steps.
     lr : float, default=2e-3
-        Adam learning rate.
-    fine_tune_batch_size : int, default=16
-        Mini-batch size of the fine-tuning.
+        Learning rate of the fine-tuning (AdamW without weight decay, that
+        is Adam).
+    {train_batch_size}
     {batch_size}
     {device}
     {random_state}
@@ -64,8 +65,9 @@ class Unlearner(BaseRepair):
         The fine-tuned copy of the model (the user's model is unchanged).
     triggers_ : list of Trigger
         The triggers unlearned.
-    target_labels_ : list of int or None
-        Their target labels where known (from a ``NeuralCleanse`` or a dict).
+    target_labels_ : list
+        The target label of each trigger where known (from a
+        ``NeuralCleanse`` or a dict), else ``None``.
     stamped_mask_ : ndarray of shape (n_samples,), bool
         Rows of ``X`` that carried a trigger.
     input_shape_ : tuple of int
@@ -96,7 +98,7 @@ class Unlearner(BaseRepair):
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
     >>> y = np.arange(40) % 10
     >>> trigger = Trigger.patch((1, 8, 8), size=2)
-    >>> unlearner = Unlearner(trigger, epochs=1, random_state=0).fit(SmallCNN(1, 10), X, y)
+    >>> unlearner = Unlearner(trigger, fine_tune_epochs=1, random_state=0).fit(SmallCNN(1, 10), X, y)
     >>> int(unlearner.stamped_mask_.sum())
     8
     """
@@ -104,22 +106,22 @@ class Unlearner(BaseRepair):
     _parameter_constraints = {
         "triggers": "no_validation",
         "stamp_fraction": [Interval(numbers.Real, 0, 1, closed="both")],
-        "epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "fine_tune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
-        "fine_tune_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [str],
+        "device": DEVICE_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
-    def __init__(self, triggers, stamp_fraction=0.2, epochs=20, lr=2e-3, fine_tune_batch_size=16,
-                 batch_size=256, device="cpu", random_state=None, verbose=0):
+    def __init__(self, triggers, stamp_fraction=0.2, fine_tune_epochs=20, lr=2e-3, train_batch_size=16,
+                 batch_size=256, device=None, random_state=None, verbose=0):
         self.triggers = triggers
         self.stamp_fraction = stamp_fraction
-        self.epochs = epochs
+        self.fine_tune_epochs = fine_tune_epochs
         self.lr = lr
-        self.fine_tune_batch_size = fine_tune_batch_size
+        self.train_batch_size = train_batch_size
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
@@ -144,8 +146,8 @@ class Unlearner(BaseRepair):
                 X_train[part] = trigger.apply(X[part])
                 stamped[part] = True
 
-        net = fine_tune(adapter.module_copy(), X_train, y, classes, epochs=self.epochs, lr=self.lr,
-                        batch_size=self.fine_tune_batch_size, device=adapter.device,
+        net = fine_tune(adapter.module_copy(), X_train, y, classes, epochs=self.fine_tune_epochs, lr=self.lr,
+                        batch_size=self.train_batch_size, device=adapter.device,
                         seed=torch_seed(rng), verbose=self.verbose, desc="unlearning")
         self.triggers_ = [t for t, _ in pairs]
         self.target_labels_ = [label for _, label in pairs]

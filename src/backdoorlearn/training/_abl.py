@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .._docstring import fill_doc
-from .._utils import check_images, check_labels, resolve_device, seeded, torch_seed
+from .._utils import DEVICE_CONSTRAINT, check_images, check_labels, resolve_device, seeded, torch_seed
 from ..models import ModelAdapter, build_net, wrap_module
 
 __all__ = ["AntiBackdoorLearner"]
@@ -39,7 +39,7 @@ class _ABLNet(NeuralNetClassifier):
       per example (Li et al. 2021, Eq. 3): an example whose loss falls below
       ``gamma`` is pushed back up, so only examples learned much faster than
       the clean task (the backdoor ones) can end up far below ``gamma``;
-    - ``"finetune"`` and ``"recovery"``: the ordinary mean cross-entropy;
+    - ``"fine_tune"`` and ``"recovery"``: the ordinary mean cross-entropy;
     - ``"unlearning"``: Eq. 4, descent on the clean examples and ascent on the
       isolated ones, which arrive with their label shifted by ``n_classes``.
       The ascent term is ``-log(1 - p_y)`` (computed from logits), which
@@ -50,7 +50,7 @@ class _ABLNet(NeuralNetClassifier):
     Evaluation (``training=False``) always reports the mean cross-entropy.
     """
 
-    def __init__(self, *args, stage="finetune", gamma=0.5, **kwargs):
+    def __init__(self, *args, stage="fine_tune", gamma=0.5, **kwargs):
         super().__init__(*args, **kwargs)
         self.stage = stage
         self.gamma = gamma
@@ -61,7 +61,7 @@ class _ABLNet(NeuralNetClassifier):
         isolated = y_true >= n_classes
         y_true = y_true % n_classes
         losses = super().get_loss(y_pred, y_true, X=X, training=training)
-        if not training or self.stage in ("finetune", "recovery"):
+        if not training or self.stage in ("fine_tune", "recovery"):
             return losses.mean()
         if self.stage == "isolation":
             return (torch.sign(losses - self.gamma) * losses).mean()
@@ -123,7 +123,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
        ``isolation_ratio`` fraction with the lowest loss is isolated
        (:attr:`isolated_indices_`).
     2. **Fine-tuning, unlearning, recovery**: train normally on the other
-       examples (``finetune_epochs``), then unlearn (``unlearning_epochs``):
+       examples (``fine_tune_epochs``), then unlearn (``unlearning_epochs``):
        push the isolated examples, and the kept rows that resemble them, away
        from their labels while descending on a clean anchor, which breaks the
        trigger-to-target correlation the network learned from the poisoned
@@ -158,7 +158,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
     isolation_epochs : int, default=12
         Epochs of LGA training before isolation (the paper uses 20 on
         CIFAR-10).
-    finetune_epochs : int, default=30
+    fine_tune_epochs : int, default=30
         Epochs of ordinary training on the non-isolated examples (>= 0).
     unlearning_epochs : int, default=3
         Epochs of unlearning (>= 0).
@@ -171,7 +171,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         uses ``lr / 2``.
     module_params : dict, default=None
         Keyword arguments of ``module`` when it is a class.
-    batch_size : int, default=32
+    train_batch_size : int, default=32
         Training batch size.
     {device}
     {random_state}
@@ -199,7 +199,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         torch module), ready for ``BimodelClassifier`` or saving.
     history_ : skorch.History
         Per-epoch training record; its ``"stage"`` key is ``"isolation"``,
-        ``"finetune"``, ``"unlearning"`` or ``"recovery"``.
+        ``"fine_tune"``, ``"unlearning"`` or ``"recovery"``.
 
     See Also
     --------
@@ -257,7 +257,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
     >>> trigger = Trigger.patch((1, 8, 8), size=2, location="bottom-right", color=1.0)
     >>> Xp, yp = BackdoorPoisoner(trigger, target_label=0, poison_rate=0.1,
     ...                           random_state=0).fit_resample(X[:600], y[:600])
-    >>> abl = AntiBackdoorLearner(SmallCNN, isolation_epochs=2, finetune_epochs=3,
+    >>> abl = AntiBackdoorLearner(SmallCNN, isolation_epochs=2, fine_tune_epochs=3,
     ...                           unlearning_epochs=1, random_state=0).fit(Xp, yp)
     >>> abl.isolated_indices_.shape
     (6,)
@@ -270,14 +270,14 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         "isolation_ratio": [Interval(numbers.Real, 0, 1, closed="neither")],
         "gamma": [Interval(numbers.Real, 0, None, closed="left")],
         "isolation_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "finetune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "fine_tune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "unlearning_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "recovery_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "unlearning_lr": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "module_params": [dict, None],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [StrOptions({"cpu", "cuda", "auto"}), str, torch.device],
+        "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": DEVICE_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -289,14 +289,14 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         isolation_ratio=0.01,
         gamma=0.1,
         isolation_epochs=12,
-        finetune_epochs=30,
+        fine_tune_epochs=30,
         unlearning_epochs=3,
         recovery_epochs=3,
         lr=2e-3,
         unlearning_lr=None,
         module_params=None,
-        batch_size=32,
-        device="cpu",
+        train_batch_size=32,
+        device=None,
         random_state=None,
         verbose=0,
     ):
@@ -304,13 +304,13 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         self.isolation_ratio = isolation_ratio
         self.gamma = gamma
         self.isolation_epochs = isolation_epochs
-        self.finetune_epochs = finetune_epochs
+        self.fine_tune_epochs = fine_tune_epochs
         self.unlearning_epochs = unlearning_epochs
         self.recovery_epochs = recovery_epochs
         self.lr = lr
         self.unlearning_lr = unlearning_lr
         self.module_params = module_params
-        self.batch_size = batch_size
+        self.train_batch_size = train_batch_size
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -347,12 +347,12 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
                 f"isolates {n_isolated} of n_samples={n}, leaving fewer than one sample per "
                 f"class ({len(classes)} classes) to train on."
             )
-        device = resolve_device(self.device)
         y_enc = y_enc.astype(np.int64)
 
         seed = torch_seed(self.random_state)
         with seeded(seed):
             module = _build_module(self.module, self.module_params, X.shape[1], len(classes))
+            device = resolve_device(self.device, module)
             self._check_module_outputs(module, X[:1], len(classes))
             net = self._build_net(module, classes, device)
             net.initialize()
@@ -366,7 +366,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
             kept[isolated] = False
 
             # Stage 2 (Sec. 4.2): learn the kept set ...
-            self._run_stage(net, "finetune", X[kept], y_enc[kept], self.finetune_epochs, self.lr)
+            self._run_stage(net, "fine_tune", X[kept], y_enc[kept], self.fine_tune_epochs, self.lr)
             # ... then unlearn (Eq. 4): ascend on the isolated examples while
             # descending on a clean anchor. The kept set still holds most of the
             # poisoned rows (isolation_ratio << poison rate); left in the anchor
@@ -398,7 +398,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         self.unlearned_indices_ = unlearned
         self.history_ = net.history
         self.model_ = wrap_module(net.module_, classes=classes, device=device,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.train_batch_size)
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -424,7 +424,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
             classes=range(len(classes)),
             max_epochs=1,
             lr=self.lr,
-            batch_size=self.batch_size,
+            batch_size=self.train_batch_size,
             device=device,
             callbacks=[("stage", _RecordStage())],
             verbose=self.verbose,
