@@ -9,7 +9,7 @@ A backdoored label needs a far smaller trigger than the others: its L1 norm
 is an outlier by the median absolute deviation (anomaly index > 2).
 
 It needs the model's weights (white box) and a few clean images: here the
-defender's 123 hold-out digits of :func:`~backdoorlearn.make_backdoor_benchmark`,
+defender's hold-out digits of :func:`~backdoorlearn.make_backdoor_benchmark`,
 for a clean model and a model backdoored with a 2x2 white square (target 0).
 """
 

@@ -30,6 +30,16 @@ train_batch_size : int, default=16
     Mini-batch size of the fine-tuning: it changes the result (unlike
     ``batch_size``). Small, because the defender's data are a few hundred
     images and each epoch should still take many gradient steps.""",
+    "triggers": """\
+triggers : Trigger, list of Trigger, dict or fitted NeuralCleanse
+    The (reversed) triggers. A fitted
+    :class:`~backdoorlearn.NeuralCleanse` contributes the reversed triggers
+    of its flagged labels (``reversed_triggers_[label]`` for each label in
+    ``flagged_labels_``) with those labels as targets; a dict maps target
+    labels to triggers. ``sklearn.clone`` of the repair hands over an
+    unfitted copy of a ``NeuralCleanse``: pass the dict
+    ``{k: nc.reversed_triggers_[k] for k in nc.flagged_labels_}`` to clone
+    it.""",
     "verbose": """\
 verbose : int, default=0
     0 is silent; 1 shows tqdm progress for the long loops.""",

@@ -52,10 +52,10 @@ class ActivationFilter(BaseDetector):
         Fraction of the layer's neurons kept (the paper's top 1%), but never
         fewer than ``min_neurons`` (``n_neurons_`` says how many were used).
     min_neurons : int, default=8
-        Fewest neurons kept. The paper's layers have hundreds of units; on a
-        64-unit layer 1% is less than one neuron, and the single most
-        trigger-specific neuron alone missed 33% of the triggered inputs of
-        the digits benchmark model at 5% false positives (8 neurons: 1%).
+        Fewest neurons kept, a deviation from the paper, whose layers have
+        hundreds of units: on a 64-unit layer 1% is less than one neuron,
+        and a single neuron is a noisy detector
+        (``benchmarks/results/neural_cleanse.txt`` compares 1 and 8).
     false_rejection_rate : float, default=0.05
         Wanted fraction of clean inputs flagged, in (0, 1): ``threshold_`` is
         the clean scores' quantile at this rate (the paper's 5% false
@@ -82,7 +82,9 @@ class ActivationFilter(BaseDetector):
     benign_scores_ : ndarray of shape (n_samples,)
         Scores of the clean training inputs.
     threshold_ : float
+        Inputs with a score below it are flagged.
     input_shape_ : tuple of int
+        Shape of one input, as at fit.
 
     See Also
     --------

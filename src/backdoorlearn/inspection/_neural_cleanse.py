@@ -86,26 +86,31 @@ class NeuralCleanse(BaseEstimator):
     Parameters
     ----------
     init_cost : float, default=1e-3
-        Initial weight of the L1 penalty.
+        Weight of the L1 penalty when the optimization starts, the reference
+        code's ``INIT_COST`` (see Notes for where the reference starts it).
     lr : float, default=0.1
-        Adam learning rate (betas (0.5, 0.9) as in the reference code).
+        Adam learning rate, with betas (0.5, 0.9), as in the reference code.
     steps : int, default=100
         Most optimization steps per trigger. One step is one pass over the
-        defender's images in mini-batches of ``train_batch_size`` (the reference's
-        "epoch"; see ``samples_per_step``); the cost schedule and early
-        stopping act once per step.
+        defender's images in mini-batches of ``train_batch_size`` (the
+        reference's "step"; see ``samples_per_step``); the cost schedule and
+        early stopping act once per step. The reference's GTSRB example
+        runs up to 1000 steps; early stopping ends most labels long before
+        either cap, and 100 keeps a label that never settles affordable.
     attack_success_threshold : float, default=0.99
         Attack success a reversed trigger must reach (on the mini-batches of
-        a step) to count.
+        a step) to count, as in the reference code.
     patience : int, default=5
-        Steps above (below) the threshold before the cost goes up (down).
+        Steps above (below) the threshold before the cost goes up (down),
+        the value of the reference's GTSRB example.
     cost_multiplier : float, default=1.5
         The cost is multiplied by ``cost_multiplier`` when raised and divided
-        by ``cost_multiplier ** 1.5`` when lowered (reference code).
+        by ``cost_multiplier ** 1.5`` when lowered, the reference code's
+        defaults.
     early_stop_patience : int, default=None
         Stop a trigger once the schedule has moved both ways and its best norm
         has not improved by 1% for this many steps. ``None`` means
-        ``2 * patience`` (reference code).
+        ``2 * patience``, the reference code's default.
     labels : array-like of int, default=None
         Target labels to analyse; ``None`` means all. At least 3 (the MAD).
     pairs : {"all"} or list of (int, int), default=None
@@ -117,11 +122,9 @@ class NeuralCleanse(BaseEstimator):
         ``"fast"`` is the paper's low-cost scheme for many labels (Sec. V-B):
         ``fast_steps`` steps for every label, then the full optimization only
         for the ``fast_top_k`` smallest norms and ``fast_n_random`` other
-        labels drawn at random. The random labels' ratio of full to
-        screening norm puts the screened labels' norms on the full scale, and
-        the median and the MAD come from all labels (the paper takes them
-        from the random labels alone: too few when there are tens of labels).
-        Only fully optimized labels can be flagged.
+        labels drawn at random. Only fully optimized labels can be flagged.
+        The median and the MAD are estimated differently from the paper (see
+        Notes).
     fast_steps : int, default=10
         Steps of the short optimization of ``mode="fast"``.
     fast_top_k : int, default=None
@@ -132,29 +135,29 @@ class NeuralCleanse(BaseEstimator):
         means ``max(5, ceil(0.2 * n))`` (at most the candidates left).
     anomaly_threshold : float, default=2.0
         Labels with a larger anomaly index (and a norm below the median) are
-        flagged.
+        flagged: the paper's threshold (Sec. IV-C).
     n_restarts : int, default=1
         Independent optimizations per candidate from different random
         initialisations. The smallest norm reaching the threshold is kept
         (the problem is a minimization) and the spread of the model-level
         index over restarts is reported in ``restart_anomaly_indices_``.
     label_chunk_size : int, default=None
-        Triggers optimized together in one ``(K, ...)`` tensor (memory
+        Triggers optimized together in one ``(K, ...)`` tensor (a memory
         bound). ``None`` splits them evenly over ``n_jobs`` with at most
-        about ``2**18`` input values per forward pass (all 10 digits labels
-        at once; 2 labels of 3x32x32 images, which ran faster on a CPU than
-        larger chunks); ``1`` is the one-label-at-a-time reference. The
-        result does not depend on it.
+        about ``2**18`` input values per forward pass: every label of small
+        images at once, a few labels of larger ones, whose feature maps
+        would otherwise outgrow a CPU's caches. ``1`` is the
+        one-label-at-a-time reference. The result does not depend on it.
     train_batch_size : int, default=32
-        Images per trigger in each mini-batch (a forward pass holds up to
+        Images per trigger in each mini-batch of the optimization, the
+        reference's ``BATCH_SIZE`` (a forward pass holds up to
         ``label_chunk_size * train_batch_size`` images).
     samples_per_step : int, default=None
         Images drawn per step (rounded up to whole mini-batches). ``None``
-        is one pass over ``X``. The reference's GTSRB example draws 1000 per
-        step whatever the data size, so with a few hundred defender images
-        its cost schedule moves several times slower; ``1000`` reproduces
-        that cadence at several times the cost (on the signs benchmark,
-        seed 1: anomaly index 2.26 instead of 1.88, 211 s instead of ~45 s).
+        is one pass over ``X``, so the cost schedule moves at the same pace
+        whatever the number of defender images. The reference's GTSRB
+        example draws 1000 per step whatever the data size; ``1000``
+        reproduces its cadence, at that many images of work per step.
     {device}
     {n_jobs}
         Chunks of labels are dispatched to the jobs; seeds are drawn before
@@ -201,6 +204,7 @@ class NeuralCleanse(BaseEstimator):
         Optimization steps run per candidate (summed over restarts and, in
         fast mode, over both phases).
     n_classes_ : int
+        Number of classes of the model.
 
     See Also
     --------
@@ -208,15 +212,30 @@ class NeuralCleanse(BaseEstimator):
 
     Notes
     -----
-    Follows the reference implementation (``bolunwang/backdoor``): 2-D mask
-    shared over the channels, tanh parametrisation of mask and pattern (the
-    pattern spans the data range), Adam (lr 0.1, betas (0.5, 0.9)), cost
-    schedule and early stopping as there. Deviation: without ``y``, the
-    images the model predicts as the target are left out of a target's
-    batches (the reference uses every image); with ``y`` the true labels
-    decide. The triggers of a chunk are optimized as one ``(K, ...)`` tensor
-    with a separate cost schedule each; a trigger that stops early leaves the
-    batch.
+    Follows the reference implementation (``bolunwang/backdoor``,
+    ``visualizer.py``): random initialization, a 2-D mask shared over the
+    channels, tanh parametrisation of mask and pattern, Adam, the cost
+    schedule and early stopping as there. The triggers of a chunk are
+    optimized as one ``(K, ...)`` tensor with a separate cost schedule
+    each; a trigger that stops early leaves the batch. Deviations:
+
+    - the cost starts at ``init_cost``; the reference starts it at 0 and
+      sets it to ``init_cost`` once the trigger has reached the threshold
+      for ``patience`` steps (its ``RESET_COST_TO_ZERO``);
+    - at most ``steps=100`` steps of one pass over ``X`` each, where the
+      reference's example runs up to 1000 steps of 1000 images (see
+      ``steps`` and ``samples_per_step``);
+    - the pattern spans the value range of ``X`` (at least [0, 1]) rather
+      than raw pixel values;
+    - without ``y``, the images the model predicts as the target are left
+      out of a target's batches (the reference uses every image); with
+      ``y`` the true labels decide;
+    - in ``mode="fast"``, Sec. V-B estimates the median and the MAD from
+      the randomly drawn labels alone, a handful of norms with a few dozen
+      labels. Here the random labels ran both phases, so the median of
+      their full / screening norm ratio puts every screened label's norm on
+      the full scale, and the median and the MAD come from all labels, as
+      in full mode.
 
     References
     ----------
@@ -405,11 +424,8 @@ class NeuralCleanse(BaseEstimator):
         norms = np.array([r.l1_norm for r in final])
         ratio = None
         if screening is not None and random_part.size >= 3:
-            # Deviation from Sec. V-B, which estimates the median and the MAD from the
-            # randomly drawn labels alone (a handful of norms with a few dozen labels): the
-            # random labels ran both phases, so their median full / screening norm ratio
-            # puts every screened label on the full scale, and the median and the MAD come
-            # from all labels, as in full mode.
+            # Deviation from Sec. V-B (see the class Notes): the random labels' full /
+            # screening norm ratio puts the screened labels on the full scale.
             short_norms = np.array([r.l1_norm for r in screening])
             ratio = float(np.median(norms[random_part] / np.maximum(short_norms[random_part], 1e-12)))
 

@@ -100,8 +100,7 @@ class SmallCNN(nn.Module):
         size = self.gap.output_size
         if tuple(x.shape[-2:]) != ((size, size) if isinstance(size, int) else tuple(size)):
             # An adaptive pooling to the size the map already has is the identity, but
-            # its CPU kernels (and their backward) are slow: Neural Cleanse's batched
-            # reverse engineering spent a sixth of its time there on the 8x8 digits.
+            # its CPU kernels (and their backward) are slow: skip it.
             x = self.gap(x)
         x = torch.flatten(x, 1)
         return self.classifier(self.penultimate(self.fc1(x)))

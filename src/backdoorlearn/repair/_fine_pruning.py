@@ -45,85 +45,75 @@ class FinePruner(BaseRepair):
     convolution (by default the last one) by their mean activation on the
     defender's clean data, prunes them lowest first as far as the clean
     accuracy stays within ``max_accuracy_drop`` of the original, and then
-    fine-tunes the pruned network on the same clean data. Pruning removes the
-    backdoor's dormant neurons; fine-tuning restores clean accuracy and
-    overwrites what a pruning-aware attacker hid in the active ones. The
-    fine-tuning follows common practice for a small data set (cosine
-    learning-rate decay, label smoothing, weight decay, light augmentation:
-    each image is either shifted by a pixel or given Gaussian noise); noise
-    and decay are what reach a backdoor that lives in the channels clean
-    data keep active (see ``noise_std`` and the Notes).
+    fine-tunes the pruned network on the same clean data.
+    Pruning removes the backdoor's dormant neurons; fine-tuning restores
+    clean accuracy and overwrites what a pruning-aware attacker hid in the
+    active ones.
 
     White box: the model must be a torch module or a skorch net. It needs a
-    small clean, labelled data set (the papers use ~10% of the training set
+    small clean, labelled data set (the papers use 10% of the training set
     or less) and no knowledge of the trigger.
 
     Parameters
     ----------
     layer : str, default=None
         Name of the convolution whose output channels are pruned. ``None``
-        picks the last ``nn.Conv2d`` (the paper's choice: later layers encode
-        the backdoor most sparsely).
+        picks the last ``nn.Conv2d``, the paper's choice (§3: the last
+        convolutional layer encodes the backdoor most sparsely).
     criterion : {"activation", "weight"}, default="activation"
         ``"activation"``: prune in increasing order of mean (positive)
-        activation on ``X`` (the paper's pruning defense). ``"weight"``:
+        activation on ``X``, the paper's pruning defense. ``"weight"``:
         magnitude pruning, channel by channel on the mean absolute filter
-        weight, with the seeds' threshold ``min + (max - min) * prune_ratio``
+        weight, with the threshold ``min + (max - min) * prune_ratio``
         (channels at or below it are pruned).
     prune_ratio : float in [0, 1) or None, default=None
         Fixed amount of pruning: the fraction of channels (``"activation"``)
         or the threshold ratio (``"weight"``). ``None`` searches the largest
         amount that keeps the clean accuracy on ``X`` within
-        ``max_accuracy_drop`` of the unpruned model's, by bisection.
+        ``max_accuracy_drop`` of the unpruned model's, by bisection (the
+        paper sweeps the ratio; the bisection evaluates about
+        ``log2(n_channels)`` amounts).
     max_accuracy_drop : float in [0, 1], default=0.04
-        Clean accuracy (a rate) that pruning may cost before fine-tuning;
+        Clean accuracy (a rate) that pruning may cost before fine-tuning:
         the paper stops pruning at a 4% drop.
     fine_tune_epochs : int, default=120
-        Epochs of fine-tuning on ``X``, ``y`` after pruning (0: pruning alone).
+        Epochs of fine-tuning on ``X``, ``y`` after pruning; ``0`` is pruning
+        alone. A few hundred images make an epoch a handful of steps, hence
+        many epochs.
     lr : float, default=1e-2
-        Initial AdamW learning rate of the fine-tuning. Larger than a training
-        run's last rate on purpose: a gentle fine-tuning on a few hundred clean
-        images leaves a BadNets backdoor in place (Neural Cleanse §VI-C; on
-        the embedded digits, 30 plain epochs at ``1e-3`` leave ~80% attack
-        success, at ``3e-3`` 60-73%).
+        Initial learning rate of the fine-tuning (AdamW). Larger than a
+        training run's last rate on purpose: a gentle fine-tuning on a few
+        hundred clean images leaves a BadNets backdoor in place (Neural
+        Cleanse §VI-C reports the same of clean fine-tuning).
     lr_schedule : {"cosine", "constant"}, default="cosine"
         ``"cosine"`` anneals the learning rate from ``lr`` to 0 over the
         epochs: the large early steps move the weights off the backdoor, the
-        small late ones settle clean accuracy. ``"constant"`` cost 3.2 points
-        of clean accuracy on average instead of 1.1 (digits, see Notes).
+        small late ones settle clean accuracy.
     label_smoothing : float in [0, 1), default=0.1
         Label smoothing of the fine-tuning's cross-entropy, a standard
-        regularizer against over-fitting a few hundred images; ``0.0`` cost
-        1.5 points of clean accuracy on average instead of 1.1.
+        regularizer against over-fitting a few hundred images.
     max_shift : int, default=1
         Data augmentation of the fine-tuning: each image not drawn for noise
         (see ``noise_prob``) is translated by up to ``max_shift`` pixels each
-        way (zero fill), drawn anew per image and batch. Shifts stretch the
-        defender's few images and recover clean accuracy; ``0`` (those
-        images left as they are) cost 3.2 points on average instead of 1.1.
+        way (zero fill), drawn anew per image and batch, which stretches the
+        defender's few images. ``0`` leaves those images as they are.
     noise_std : float, default=0.3
         Standard deviation of the Gaussian noise added to the images drawn
         for noise (inputs scaled to [0, 1]; ``0`` disables it). A patch
         trigger sits where clean images are blank, so clean data give no
-        gradient to the weights that read it and fine-tuning alone never
-        changes them (here the backdoor lives in the channels clean data
-        keep active: pruning alone leaves it whole). Noise excites those
-        inputs with the true labels attached, so fine-tuning overwrites the
-        trigger's weights; training with input noise is also a classical
-        regularizer (Bishop, 1995). Without noise, attack success reached
-        8.6% (12.1% without weight decay either).
+        gradient to the weights that read it, and when the backdoor lives in
+        the channels clean data keep active neither pruning nor clean
+        fine-tuning changes them. Noise excites those inputs with the true
+        labels attached, so fine-tuning overwrites the trigger's weights;
+        training with input noise is also a classical regularizer (Bishop,
+        1995).
     noise_prob : float in [0, 1], default=0.5
-        Probability that an image is given noise rather than a shift. Noise
-        on every image (``1.0``) cost 3.3 points of clean accuracy on
-        average instead of 1.1.
+        Probability that an image is given noise rather than a shift: half
+        keeps most images close to the clean distribution.
     weight_decay : float, default=0.2
-        AdamW's decoupled weight decay during fine-tuning (an addition to
-        the paper). Clean data give no gradient to weights only the trigger
-        uses, so decay erodes them, the weight-level analogue of pruning
-        dormant neurons. Without it (``0.0``) attack success reached 4.7%
-        (mean 1.4% instead of 0.4%). Alone, with 30 epochs at a constant
-        rate and no augmentation, ``0.3`` removes the digits backdoor at a
-        cost of 6.4 points of clean accuracy.
+        AdamW's decoupled weight decay during fine-tuning. Clean data give no
+        gradient to weights only the trigger uses, so decay erodes them, the
+        weight-level analogue of pruning dormant neurons.
     {train_batch_size}
     {batch_size}
     {device}
@@ -182,26 +172,20 @@ class FinePruner(BaseRepair):
 
     The accuracy that guides pruning is measured on the defender's data
     ``X`` itself: the unpruned model never trained on it, so before
-    fine-tuning it is an unbiased estimate; keeping it all for fine-tuning
-    matters more with a few hundred images than a separate split would.
-    The bisection assumes clean accuracy does not increase with pruning,
-    true up to noise on the paper's curves; activations are computed once.
+    fine-tuning it is an unbiased estimate, and with a few hundred images
+    keeping all of them for fine-tuning matters more than a separate split.
+    The bisection assumes clean accuracy does not increase with pruning, as
+    on the paper's curves (Fig. 4); activations are computed once.
 
-    The fine-tuning recipe (cosine schedule, label smoothing, shift-or-noise
-    augmentation, weight decay, 120 epochs) is a practitioner's addition to
-    the paper, which fine-tunes with plain SGD. It was chosen on clean
-    accuracy and attack success measured on the embedded benchmarks; inside
-    the algorithm nothing uses a trigger or the target label. With the 10%
-    defender hold-out of ``make_backdoor_benchmark(name, random_state=s)``
-    and one CPU thread: on digits seeds 0-4, each fine-tuned with
-    ``random_state`` 0-4, attack success 0.4% on average (at most 1.5%)
-    for 1.1 points of clean accuracy (at most 2.4), ~3 s a fit; on signs
-    seeds 0 and 1 (``random_state`` 0, 1), attack success at most 1.6%,
-    clean accuracy between -1.7 and +1.5 points, ~13 s a fit; against
-    :class:`~backdoorlearn.PruningAwareAttack` on digits seeds 0-2, attack
-    success at most 1.2%. The former recipe (30 epochs at a constant rate,
-    no smoothing, augmentation or decay) left 9.6-22.7% attack success on
-    digits, with up to 4.9 points of clean accuracy lost.
+    Deviations from the paper, which fine-tunes the pruned network with
+    plain SGD: the fine-tuning here is AdamW with a cosine schedule, label
+    smoothing, weight decay and shift-or-noise augmentation, chosen on
+    clean accuracy and attack success on the embedded benchmarks (nothing
+    in it uses a trigger or the target label). ``fine_tune_epochs=30,
+    lr_schedule="constant", label_smoothing=0, max_shift=0, noise_std=0,
+    weight_decay=0`` is the paper's plain fine-tuning with AdamW in place
+    of SGD. ``benchmarks/bench_repairs.py`` measures both
+    (``benchmarks/results/repairs.txt``).
 
     References
     ----------

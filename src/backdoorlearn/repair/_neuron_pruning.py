@@ -35,26 +35,24 @@ class NeuronPruner(BaseRepair):
 
     Parameters
     ----------
-    triggers : Trigger, list of Trigger, dict or fitted NeuralCleanse
-        The (reversed) triggers. A ``NeuralCleanse`` gives its flagged
-        labels' triggers and their targets; a dict maps target labels to
-        triggers.
+    {triggers}
     layer : str, default=None
         Convolution or linear layer to prune. ``None`` picks the second to
-        last layer, the paper's default (§VI-B): the penultimate layer, or the
+        last layer, as the paper does (§VI-B): the penultimate layer, or the
         last convolution or linear layer feeding it (``fc1`` of a
-        :class:`~backdoorlearn.models.SmallCNN`). The paper found the last
-        convolution better on its large face models; on small networks the
-        penultimate neurons separate the backdoor better.
+        :class:`~backdoorlearn.models.SmallCNN`), whose weights can be
+        zeroed. The paper prunes the last convolution of its face models.
     target_label : int, default=None
         Target of a trigger given without one. ``None`` takes the label the
         trigger sends most stamped inputs of ``X`` to.
     attack_success_threshold : float in (0, 1], default=0.05
         Pruning stops once every trigger's attack success on the stamped
-        ``X`` is below it.
+        ``X`` is below it. The paper prunes until the model no longer
+        responds to the reversed trigger; 5% stands for "no longer".
     max_prune_ratio : float in (0, 1), default=0.8
-        At most this fraction of the layer's units is pruned; a warning says
-        when the threshold was not reached within it.
+        At most this fraction of the layer's units is pruned, so that a
+        trigger the layer cannot silence does not prune it away; a warning
+        says when the threshold was not reached within it.
     {batch_size}
     {device}
     {verbose}
@@ -97,9 +95,11 @@ class NeuronPruner(BaseRepair):
     Notes
     -----
     Units are pruned by zeroing their weights and bias (the architecture and
-    the ``state_dict`` keys are unchanged). The smallest sufficient number of
-    units is found by bisection, assuming attack success does not increase
-    with pruning (the paper's curves, Fig. 9).
+    the ``state_dict`` keys are unchanged). Deviation from the paper, which
+    prunes in steps until the trigger stops working: the smallest sufficient
+    number of units is found by bisection, assuming attack success does not
+    increase with pruning (the paper's curves, Fig. 9); the result is the
+    same under that assumption, for about ``log2(n_units)`` evaluations.
 
     References
     ----------
