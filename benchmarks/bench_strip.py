@@ -50,13 +50,13 @@ def quality_row(out, name, model, X_pool, X_clean, X_triggered, note="", **param
     clean, trig = strip.predict(X_clean), strip.predict(X_triggered)
     frr = false_rejection_rate(np.zeros_like(clean), clean)
     far = false_acceptance_rate(np.ones_like(trig), trig)
-    out(f"  {name:46s} {100 * frr:8.1f}% {100 * far:8.1f}% {100 * trig.mean():10.1f}%   {note}")
+    out(f"  {name:52s} {100 * frr:8.1f}% {100 * far:8.1f}% {100 * trig.mean():10.1f}%   {note}".rstrip())
 
 
 def quality(out, benches):
     out("== quality: N=100, threshold at 1% FRR on the clean hold-out, random_state=0")
-    out(f"  {'model':46s} {'FRR':>9s} {'FAR':>9s} {'triggered':>11s}   note")
-    out(f"  {'':46s} {'(clean)':>9s} {'(trig.)':>9s} {'flagged':>11s}")
+    out(f"  {'model':52s} {'FRR':>9s} {'FAR':>9s} {'triggered':>11s}   note")
+    out(f"  {'':52s} {'(clean)':>9s} {'(trig.)':>9s} {'flagged':>11s}")
     for seed in (0, 1):
         b = benches["digits", seed]
         note = "paper (MNIST, N=100): FAR 1.85% at FRR 1%" if seed == 0 else ""
@@ -73,7 +73,7 @@ def quality(out, benches):
     quality_row(out, "signs CNN, backdoored, seed 0", s.backdoored_model, s.X_holdout, s.X_test, s.X_test_triggered,
                 "paper (GTSRB): FAR 0% at FRR 1%")
     quality_row(out, "signs CNN, backdoored, seed 0, clip_range=None", s.backdoored_model, s.X_holdout, s.X_test,
-                s.X_test_triggered)
+                s.X_test_triggered, clip_range=None)
     out("  FRR: clean test images flagged; FAR: triggered test images accepted")
 
 
