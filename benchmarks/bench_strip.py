@@ -1,30 +1,80 @@
-"""STRIP speed: time of ``score_samples`` relative to N plain ``predict_proba`` calls.
+"""STRIP: detection quality on the embedded benchmarks, and speed against its floor.
 
-STRIP's floor is N forward passes per input. For N=100 perturbations and 1000
-inputs, this script times
+Quality: ``STRIPDetector`` with N=100 and the threshold learned on the clean
+hold-out at 1% FRR (``random_state=0``), measured on the clean test set (FRR)
+and on its triggered copy (FAR), for the backdoored and the clean models, a
+black-box ``MLPClassifier`` and both clipping settings.
 
-- STRIP: ``STRIPDetector.score_samples(X)`` (100 000 blended rows), and
-- the floor: N calls of the adapter's ``predict_proba(X)`` on the same 1000
-  inputs (100 000 rows),
+Speed: STRIP's floor is N forward passes per input. For N=100 perturbations
+and 1000 inputs this times ``STRIPDetector.score_samples(X)`` (100 000
+blended rows) against N calls of the adapter's ``predict_proba(X)`` on the
+same inputs, with the same model, batch size and number of threads, and
+prints their ratio (the target is <= 1.10): of the best of ``--repeats``
+interleaved runs in wall-clock time, and of the median CPU (process) times,
+which a machine shared with other jobs disturbs less.
 
-with the same model, the same batch size (rows per forward pass) and the same
-number of threads, and prints their ratio (the target is <= 1.10): of the best
-of ``--repeats`` interleaved runs in wall-clock time, and of the median CPU
-(process) times, which a machine shared with other jobs disturbs less.
-
-Run: ``python benchmarks/bench_strip.py [--threads 1] [--batch-size 1024]``.
+    python benchmarks/bench_strip.py [--threads 1] [--batch-size 1024] [--no-quality] [--no-speed]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 import torch
+from _report import parse
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
 
 from backdoorlearn import STRIPDetector, make_backdoor_benchmark
+from backdoorlearn.metrics import false_acceptance_rate, false_rejection_rate
 from backdoorlearn.models import ModelAdapter
+
+
+def flat(X):
+    return X.reshape(len(X), -1)
+
+
+def poisoned_mlp(bench):
+    """A black box trained on the poisoned training set (flattened images): backdoored too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(
+            flat(bench.X_train), bench.y_train)
+
+
+def quality_row(out, name, model, X_pool, X_clean, X_triggered, note="", **params):
+    strip = STRIPDetector(model, random_state=0, **params).fit(X_pool)
+    clean, trig = strip.predict(X_clean), strip.predict(X_triggered)
+    frr = false_rejection_rate(np.zeros_like(clean), clean)
+    far = false_acceptance_rate(np.ones_like(trig), trig)
+    out(f"  {name:52s} {100 * frr:8.1f}% {100 * far:8.1f}% {100 * trig.mean():10.1f}%   {note}".rstrip())
+
+
+def quality(out, benches):
+    out("== quality: N=100, threshold at 1% FRR on the clean hold-out, random_state=0")
+    out(f"  {'model':52s} {'FRR':>9s} {'FAR':>9s} {'triggered':>11s}   note")
+    out(f"  {'':52s} {'(clean)':>9s} {'(trig.)':>9s} {'flagged':>11s}")
+    for seed in (0, 1):
+        b = benches["digits", seed]
+        note = "paper (MNIST, N=100): FAR 1.85% at FRR 1%" if seed == 0 else ""
+        quality_row(out, f"digits CNN, backdoored, seed {seed}", b.backdoored_model, b.X_holdout, b.X_test,
+                    b.X_test_triggered, note)
+    b = benches["digits", 0]
+    quality_row(out, "digits CNN, backdoored, seed 0, clip_range=None", b.backdoored_model, b.X_holdout, b.X_test,
+                b.X_test_triggered, clip_range=None)
+    quality_row(out, "digits MLPClassifier (n, 64), poisoned set, seed 0", poisoned_mlp(b), flat(b.X_holdout),
+                flat(b.X_test), flat(b.X_test_triggered), "black box")
+    quality_row(out, "digits clean model, seed 0", b.clean_model, b.X_holdout, b.X_test, b.X_test_triggered,
+                "no backdoor to find")
+    s = benches["signs", 0]
+    quality_row(out, "signs CNN, backdoored, seed 0", s.backdoored_model, s.X_holdout, s.X_test, s.X_test_triggered,
+                "paper (GTSRB): FAR 0% at FRR 1%")
+    quality_row(out, "signs CNN, backdoored, seed 0, clip_range=None", s.backdoored_model, s.X_holdout, s.X_test,
+                s.X_test_triggered, clip_range=None)
+    out("  FRR: clean test images flagged; FAR: triggered test images accepted")
 
 
 def timed(fn):
@@ -38,7 +88,7 @@ def timed(fn):
     return time.perf_counter() - w, time.process_time() - c
 
 
-def compare(name, model, X_pool, X, n_perturbations, batch_size, repeats):
+def compare(out, name, model, X_pool, X, n_perturbations, batch_size, repeats):
     strip = STRIPDetector(model, n_perturbations=n_perturbations, batch_size=batch_size,
                           random_state=0).fit(X_pool)
     adapter = ModelAdapter(model, batch_size=batch_size)
@@ -56,11 +106,19 @@ def compare(name, model, X_pool, X, n_perturbations, batch_size, repeats):
     rows = n_perturbations * len(X)
     wall = t_strip[:, 0].min() / t_floor[:, 0].min()
     cpu = np.median(t_strip[:, 1]) / np.median(t_floor[:, 1])
-    print(f"{name:<34} N={n_perturbations} inputs={len(X)} batch={batch_size}: "
-          f"STRIP {t_strip[:, 0].min():.3f} s, {n_perturbations} x predict_proba "
-          f"{t_floor[:, 0].min():.3f} s ({rows / t_floor[:, 0].min():,.0f} rows/s); "
-          f"ratio {wall:.3f} (wall, best of {repeats}), {cpu:.3f} (CPU time, medians)")
-    return wall, cpu
+    out(f"  {name:<34} STRIP {t_strip[:, 0].min():.3f} s, {n_perturbations} x predict_proba "
+        f"{t_floor[:, 0].min():.3f} s ({rows / t_floor[:, 0].min():,.0f} rows/s); "
+        f"ratio {wall:.3f} (wall, best of {repeats}), {cpu:.3f} (CPU time, medians)")
+
+
+def speed(out, bench, args):
+    X = np.concatenate([bench.X_test, bench.X_test_triggered, bench.X_holdout])[: args.n_inputs]
+    n, N, bs, r = args.n_inputs, args.n_perturbations, args.batch_size, args.repeats
+    assert len(X) == n, "not enough digits for --n-inputs"
+    out(f"== speed: N={N}, {n} inputs, batch {bs}; target ratio <= 1.10")
+    compare(out, "digits SmallCNN (skorch net)", bench.backdoored_model, bench.X_holdout, X, N, bs, r)
+    compare(out, "digits SmallCNN (bare nn.Module)", bench.backdoored_model.module_, bench.X_holdout, X, N, bs, r)
+    compare(out, "digits MLPClassifier (black box)", poisoned_mlp(bench), flat(bench.X_holdout), flat(X), N, bs, r)
 
 
 def main():
@@ -70,34 +128,22 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-perturbations", type=int, default=100)
     parser.add_argument("--n-inputs", type=int, default=1000)
-    args = parser.parse_args()
+    parser.add_argument("--no-quality", action="store_true")
+    parser.add_argument("--no-speed", action="store_true")
+    args, out = parse(parser, "strip")
     torch.set_num_threads(args.threads)
     # numpy's BLAS (the MLPClassifier's forward pass) gets the same thread count
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)
-
-    bench = make_backdoor_benchmark("digits", random_state=0)
-    X = np.concatenate([bench.X_test, bench.X_test_triggered, bench.X_holdout])[: args.n_inputs]
-    n, N, bs, r = args.n_inputs, args.n_perturbations, args.batch_size, args.repeats
-    assert len(X) == n, "not enough digits for --n-inputs"
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) for torch and BLAS")
-    compare("digits SmallCNN (skorch net)", bench.backdoored_model, bench.X_holdout, X, N, bs, r)
-    compare("digits SmallCNN (bare nn.Module)", bench.backdoored_model.module_, bench.X_holdout, X, N, bs, r)
-
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(
-            bench.X_train.reshape(len(bench.X_train), -1), bench.y_train)
-    flat = X.reshape(n, -1)
-    compare("digits MLPClassifier (black box)", mlp, bench.X_holdout.reshape(len(bench.X_holdout), -1),
-            flat, N, bs, r)
+    benches = {("digits", 0): make_backdoor_benchmark("digits", random_state=0)}
+    if not args.no_quality:
+        benches["digits", 1] = make_backdoor_benchmark("digits", random_state=1)
+        benches["signs", 0] = make_backdoor_benchmark("signs", random_state=0)
+        quality(out, benches)
+    if not args.no_speed:
+        speed(out, benches["digits", 0], args)
+    out.save()
 
 
 if __name__ == "__main__":

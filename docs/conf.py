@@ -2,7 +2,7 @@
 
 import os
 import sys
-from datetime import date
+import time
 
 sys.path.insert(0, os.path.abspath("../src"))
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -11,7 +11,7 @@ import backdoorlearn  # noqa: E402
 
 project = "backdoorlearn"
 author = "backdoorlearn developers"
-copyright = f"{date.today().year}, {author}"
+copyright = f"{time.strftime('%Y')}, {author}"
 release = backdoorlearn.__version__
 version = release
 

@@ -29,8 +29,7 @@ print(f"{len(bench.X_train)} training images, {bench.poison_mask.sum()} poisoned
 # Training with ABL
 # -----------------
 # The same network as the benchmark's models, trained on the poisoned set.
-abl = AntiBackdoorLearner(SmallCNN, module_params=dict(channels=(16, 32), hidden=64, pooled_size=4),
-                          random_state=0)
+abl = AntiBackdoorLearner(SmallCNN, module_params=bench.module_params, random_state=0)
 abl.fit(bench.X_train, bench.y_train)
 precision = bench.poison_mask[abl.isolated_indices_].mean()
 print(f"isolated {len(abl.isolated_indices_)} rows, {100 * precision:.0f}% of them poisoned")

@@ -42,8 +42,8 @@ for name, model in (("backdoored", backdoored), ("fine-pruned", repaired)):
 results = {}
 for mode, targets in (("targeted", [bench.target_label]), ("untargeted", None)):
     bbd = BimodelClassifier(backdoored, repaired, target_labels=targets).fit(bench.X_holdout)
-    pred_clean = bbd.predict(bench.X_test)
-    asked = bbd.second_opinion_rate_
+    clean = bbd.cross_examine(bench.X_test)  # predict, and say which inputs the repaired model saw
+    pred_clean, asked = clean.y_pred, clean.asked.mean()
     pred_trig = bbd.predict(bench.X_test_triggered)
     results[mode] = dict(
         clean_rejected=np.mean(pred_clean == bbd.reject_label_),

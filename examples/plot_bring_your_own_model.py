@@ -129,7 +129,7 @@ from backdoorlearn import FinePruner
 pruner = FinePruner(random_state=0).fit(net, X_clean, y_clean)
 repaired = pruner.repaired_model_
 module = repaired.module_  # a DigitNet
-print(f"{type(module).__name__}: {len(pruner.pruned_channels_)} channels of {pruner.layer_!r} pruned, then fine-tuned")
+print(f"{type(module).__name__}: {len(pruner.pruned_units_)} channels of {pruner.layer_!r} pruned, then fine-tuned")
 print(f"repaired: clean accuracy {accuracy(module, X_test, y_test):.1%}, "
       f"attack success {accuracy(module, X_test_triggered, np.full(len(X_test_triggered), 7)):.1%}")
 

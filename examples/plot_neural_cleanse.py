@@ -9,7 +9,7 @@ A backdoored label needs a far smaller trigger than the others: its L1 norm
 is an outlier by the median absolute deviation (anomaly index > 2).
 
 It needs the model's weights (white box) and a few clean images: here the
-defender's 123 hold-out digits of :func:`~backdoorlearn.make_backdoor_benchmark`,
+defender's hold-out digits of :func:`~backdoorlearn.make_backdoor_benchmark`,
 for a clean model and a model backdoored with a 2x2 white square (target 0).
 """
 
@@ -52,7 +52,7 @@ fig.tight_layout()
 # also works as a trigger on the clean test set.
 nc = results["backdoored_model"]
 TriggerDisplay.from_estimator(nc, original=bench.trigger)
-pred = bench.backdoored_model.predict(nc.triggers_[0].apply(bench.X_test))
+pred = bench.backdoored_model.predict(nc.reversed_triggers_[0].apply(bench.X_test))
 print(f"attack success of the reversed trigger: {attack_success_rate(bench.y_test, pred, 0):.1%}")
 
 # %%

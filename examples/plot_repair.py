@@ -5,7 +5,7 @@ Repairing a backdoored model: pruning and unlearning
 
 A model downloaded from a third party answers clean inputs well, but sends
 any input carrying a small trigger to the attacker's label. We hold a small
-clean hold-out (123 images, 10% of the training set) and want the backdoor
+clean hold-out (10% of the training set's size) and want the backdoor
 gone. We compare three repairs:
 
 * :class:`~backdoorlearn.FinePruner` (Liu et al., 2018): prune the channels
@@ -60,8 +60,8 @@ plt.tight_layout()
 # Fine-tuning does the rest. FinePruner's default fine-tuning (a cosine
 # learning-rate schedule, label smoothing, weight decay, and 1-pixel shifts or
 # noise on the clean images) reaches the corner of the image the trigger
-# occupies, which clean digits leave blank; the paper's plain fine-tuning
-# leaves part of the backdoor. NeuronPruner and Unlearner are given the true
+# occupies, which clean digits leave blank; plain fine-tuning (the paper's,
+# with AdamW for its SGD) leaves part of the backdoor. NeuronPruner and Unlearner are given the true
 # trigger here; in practice it comes from :class:`~backdoorlearn.NeuralCleanse`
 # (pass the fitted detector as ``triggers``).
 repairs = {
@@ -79,6 +79,5 @@ for name, repair in repairs.items():
     print(f"{name:30s} {100 * acc:8.1f}% {100 * asr:14.1f}%")
 
 # %%
-# Unlearning keeps the most accuracy for the least attack success; the same
-# fine-tuning budget without the trigger leaves the backdoor in place, as
-# Neural Cleanse reports for BadNets models.
+# The same fine-tuning budget as the unlearning, without the trigger, leaves
+# the backdoor in place, as Neural Cleanse reports for BadNets models.

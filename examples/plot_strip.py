@@ -11,7 +11,7 @@ trigger keeps being sent to the target label (low entropy). It needs only
 
 Here STRIP guards the backdoored digits classifier of
 :func:`~backdoorlearn.make_backdoor_benchmark`: it learns its threshold from
-the defender's 123 clean hold-out digits at a 1% false rejection rate.
+the defender's clean hold-out digits at a 1% false rejection rate.
 """
 
 # %%

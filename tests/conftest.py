@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-# One intra-op thread for the whole session: float reductions then run in the
+# One intra-op thread for the whole run: float reductions then happen in the
 # same order on every machine whatever its core count, so the trained models
-# and the quality figures the tests assert are the same everywhere (with 2
-# threads, ABL on signs seed 0 measured 4.2% attack success; with 1, above the
-# 10% target). Scripts and the demo use torch's default.
+# and the quality figures the tests assert are the same everywhere (the thread
+# count changes them). Scripts and the demo use torch's default.
 torch.set_num_threads(1)
 
 from backdoorlearn.datasets import make_backdoor_benchmark

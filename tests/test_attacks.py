@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
+from contracts import check_same_seed_same_result, raises_naming, watch
+
 from backdoorlearn import BackdoorPoisoner, Trigger
 
 
@@ -14,11 +16,11 @@ def data(rng):
 
 def test_poisons_the_requested_rate_and_never_the_input(data):
     X, y = data
-    X0, y0 = X.copy(), y.copy()
     t = Trigger.patch((1, 8, 8), size=2)
     p = BackdoorPoisoner(t, target_label=3, poison_rate=0.1, random_state=0)
-    Xp, yp = p.fit_resample(X, y)
-    assert np.array_equal(X, X0) and np.array_equal(y, y0)
+    with watch(X, y) as w:
+        Xp, yp = p.fit_resample(X, y)
+    w.assert_unchanged()
     assert p.n_poisoned_ == 20 and p.poison_mask_.sum() == 20
     assert np.all(yp[p.poison_mask_] == 3)
     assert np.all(y[p.poison_mask_] != 3)  # rows of the target class are not eligible
@@ -29,9 +31,9 @@ def test_poisons_the_requested_rate_and_never_the_input(data):
 def test_same_seed_same_rows(data):
     X, y = data
     t = Trigger.patch((1, 8, 8), size=2)
-    a = BackdoorPoisoner(t, poison_rate=0.2, random_state=7).fit_resample(X, y)
-    b = BackdoorPoisoner(t, poison_rate=0.2, random_state=7).fit_resample(X, y)
-    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    check_same_seed_same_result(BackdoorPoisoner(t, poison_rate=0.2, random_state=7),
+                                lambda est: (est, est.fit_resample(X, y))[0],
+                                lambda est: (est.poison_mask_, est.poison_source_))
 
 
 def test_source_specific(data):
@@ -78,7 +80,7 @@ def test_clone_and_params():
 )
 def test_bad_parameters(data, kwargs, match):
     X, y = data
-    with pytest.raises(ValueError, match=match):
+    with raises_naming(next(iter(kwargs)), match=match):
         BackdoorPoisoner(Trigger.patch((1, 8, 8)), **kwargs).fit_resample(X, y)
 
 

@@ -9,9 +9,11 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from contracts import raises_naming, watch
+
 from backdoorlearn import BimodelClassifier, SmallCNN
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy, false_rejection_rate
-from backdoorlearn.models import model_fingerprint, wrap_module
+from backdoorlearn.models import wrap_module
 from backdoorlearn.repair import FinePruner
 
 
@@ -25,8 +27,8 @@ def repaired(digits_bench):
 
 def _figures(bbd, b):
     """Clean rejection, attack success, accuracy with rejected triggered inputs credited."""
-    pred_clean = bbd.predict(b.X_test)
-    asked_clean = bbd.second_opinion_rate_
+    clean = bbd.cross_examine(b.X_test)
+    pred_clean, asked_clean = clean.y_pred, clean.asked.mean()
     pred_trig = bbd.predict(b.X_test_triggered)
     rej = bbd.reject_label_
     rejected = (pred_clean == rej).astype(int)
@@ -67,10 +69,9 @@ def test_untargeted_mode_accuracy(digits_bench, repaired):
     assert acc >= 0.95
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured on digits seed 0: the fine-pruned model (95.8% clean accuracy, fine-tuned on "
-    "123 clean images) disagrees with the backdoored one on 4.9% of clean inputs, so "
-    "untargeted BBD rejects 4.9% of them; targeted mode rejects none"))
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "target: untargeted BBD rejects <= 2% of clean digits; benchmarks/results/bbd_abl.txt, "
+    "digits 'untargeted' row"))
 def test_untargeted_mode_clean_rejection(digits_bench, repaired):
     b = digits_bench
     bbd = BimodelClassifier(b.backdoored_model, repaired).fit(b.X_holdout, b.y_holdout)
@@ -85,12 +86,12 @@ def test_rejection_rule_and_cross_examine(digits_bench, repaired):
     res = bbd.cross_examine(X)
     first = b.backdoored_model.predict(X)
     second = repaired.predict(X)
-    np.testing.assert_array_equal(res.backdoored_pred, first)
+    np.testing.assert_array_equal(res.model_pred, first)
     np.testing.assert_array_equal(res.asked, first == 0)
     expected = np.where((first == 0) & (second != 0), bbd.reject_label_, first)
     np.testing.assert_array_equal(res.y_pred, expected)
     np.testing.assert_array_equal(bbd.predict(X), expected)
-    assert bbd.second_opinion_rate_ == pytest.approx(np.mean(first == 0))
+    assert res.asked.mean() == pytest.approx(np.mean(first == 0))
 
 
 def test_models_agreeing_never_reject(digits_bench):
@@ -114,9 +115,9 @@ def test_reject_label_default_and_custom(digits_bench, repaired):
 
 def test_user_models_unchanged(digits_bench, repaired):
     b = digits_bench
-    before = model_fingerprint(b.backdoored_model), model_fingerprint(repaired)
-    BimodelClassifier(b.backdoored_model, repaired).fit(b.X_holdout).predict(b.X_test)
-    assert (model_fingerprint(b.backdoored_model), model_fingerprint(repaired)) == before
+    with watch(b.backdoored_model, repaired, b.X_test) as w:
+        BimodelClassifier(b.backdoored_model, repaired).fit(b.X_holdout).predict(b.X_test)
+    w.assert_unchanged()
 
 
 def test_black_box_estimators_and_string_classes():
@@ -136,7 +137,7 @@ def test_clone_keeps_prefit_models_and_works_in_pipeline_and_cv(digits_bench, re
     b = digits_bench
     bbd = BimodelClassifier(b.backdoored_model, repaired, target_labels=[0])
     twin = clone(bbd)
-    assert twin.backdoored is b.backdoored_model and twin.repaired is repaired
+    assert twin.model is b.backdoored_model and twin.repaired_model is repaired
     assert twin.get_params()["target_labels"] == [0]
     flat = FunctionTransformer(lambda X: X.reshape(len(X), 1, 8, 8))
     pipe = Pipeline([("reshape", flat), ("bbd", bbd)])
@@ -157,17 +158,17 @@ def test_untrained_module_and_skorch_net_mix():
 def test_errors():
     X = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
     ten, five = SmallCNN(1, 10), SmallCNN(1, 5)
-    with pytest.raises(ValueError, match="same classes.*10 classes.*5"):
+    with raises_naming("repaired_model", match="same classes.*10 classes.*5"):
         BimodelClassifier(ten, five).fit(X)
-    with pytest.raises(ValueError, match="reject_label=3.*one of the models' classes"):
+    with raises_naming("reject_label", match="reject_label=3.*one of the models' classes"):
         BimodelClassifier(ten, SmallCNN(1, 10), reject_label=3).fit(X)
-    with pytest.raises(ValueError, match="target_labels.*got \\[12\\]"):
+    with raises_naming("target_labels", match="got \\[12\\]"):
         BimodelClassifier(ten, SmallCNN(1, 10), target_labels=[0, 12]).fit(X)
-    with pytest.raises(ValueError, match="at least one class"):
+    with raises_naming("target_labels", match="at least one class"):
         BimodelClassifier(ten, SmallCNN(1, 10), target_labels=[]).fit(X)
     with pytest.raises(TypeError, match="BimodelClassifier needs a classifier"):
         BimodelClassifier(object(), ten).fit(X)
-    with pytest.raises(ValueError, match="batch_size"):
+    with raises_naming("batch_size"):
         BimodelClassifier(ten, SmallCNN(1, 10), batch_size=0).fit(X)
     with pytest.raises(NotFittedError):
         BimodelClassifier(ten, SmallCNN(1, 10)).predict(X)

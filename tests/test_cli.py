@@ -1,10 +1,13 @@
 import subprocess
 import sys
 
+import pytest
+
 from backdoorlearn._demo import format_table
 from backdoorlearn.cli import build_parser, main
 
 
+@pytest.mark.slow
 def test_demo_attack_step_prints_the_table(capsys):
     assert main(["demo", "--step", "BadNets attack", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -13,8 +16,6 @@ def test_demo_attack_step_prints_the_table(capsys):
 
 
 def test_parser_rejects_unknown_dataset():
-    import pytest
-
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--dataset", "mnist"])
 
@@ -25,6 +26,7 @@ def test_format_table_aligns_columns():
     assert lines[2].startswith("a ") and "50.0%" in lines[2] and " - " in lines[2]
 
 
+@pytest.mark.slow
 def test_python_m_entry_point_shows_help():
     out = subprocess.run([sys.executable, "-m", "backdoorlearn", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout

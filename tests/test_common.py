@@ -6,10 +6,10 @@ input shape (detectors, the bimodel and guarded classifiers, the repairs),
 or trains a convolutional network on images (``AntiBackdoorLearner``), so
 the generic checks' random ``(n, n_features)`` arrays cannot reach them. The
 API checks that do not feed data are run instead, on every estimator.
-The defense-specific checks (the user's model unchanged, the same
-``random_state`` giving the same result, the empirical FRR near the
-requested one) live beside each defense, since each needs a fitted model
-and its own budget.
+The contracts every defense keeps (the user's model and data unchanged,
+the same ``random_state`` giving the same result, errors naming their
+argument) are checked beside each defense, since each needs a fitted model
+and its own budget, with one helper per contract (``tests/contracts.py``).
 """
 
 import inspect
@@ -25,7 +25,10 @@ from sklearn.utils.estimator_checks import (
 )
 
 import backdoorlearn as bl
+from backdoorlearn.detection import BaseDetector
+from backdoorlearn.metrics import clean_accuracy
 from backdoorlearn.models import SmallCNN, wrap_module
+from backdoorlearn.repair import BaseRepair
 
 
 def _instances():
@@ -94,3 +97,38 @@ def test_model_level_tools_refuse_a_black_box(name):
     black_box = LogisticRegression(max_iter=50).fit(X.reshape(30, -1), y)
     with pytest.raises(TypeError, match=f"{name} needs a white-box model"):
         clone(INSTANCES[name]).fit(black_box, X, y)
+
+
+@pytest.mark.parametrize("base", [BaseDetector, BaseRepair])
+def test_base_classes_enforce_their_hooks(base):
+    class NoHook(base):
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoHook()
+
+
+def _tiny_repairs():
+    trigger = bl.Trigger.patch((1, 8, 8), size=2)
+    return {
+        "FinePruner": bl.FinePruner(prune_ratio=0.25, fine_tune_epochs=1, random_state=0),
+        "NeuronPruner": bl.NeuronPruner({0: trigger}, max_prune_ratio=0.5),
+        "Unlearner": bl.Unlearner(trigger, fine_tune_epochs=1, random_state=0),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:NeuronPruner")
+@pytest.mark.parametrize("name", sorted(_tiny_repairs()))
+def test_repairs_delegate_to_the_repaired_model(name):
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 1, 8, 8), dtype=np.float32)
+    y = np.arange(40) % 4
+    repair = _tiny_repairs()[name].fit(SmallCNN(1, 4), X, y)
+    np.testing.assert_array_equal(repair.predict(X), repair.repaired_model_.predict(X))
+    np.testing.assert_allclose(repair.predict_proba(X), repair.repaired_model_.predict_proba(X))
+    assert repair.score(X, y) == clean_accuracy(y, repair.repaired_model_.predict(X))
+    assert repair.input_shape_ == (1, 8, 8)
+    with pytest.raises(ValueError, match=r"images of shape \(1, 8, 8\)"):
+        repair.predict(np.zeros((2, 1, 9, 9), np.float32))
+    with pytest.raises(NotFittedError):
+        clone(repair).predict(X)

@@ -41,6 +41,7 @@ def test_traffic_signs_bad_args(kwargs, match):
 
 def test_benchmark_bunch_fields(digits_bench):
     b = digits_bench
+    assert set(b.train_params) == {"max_epochs", "lr", "batch_size"} and "channels" in b.module_params
     n_train = len(b.X_train)
     assert len(b.X_holdout) <= 0.11 * n_train
     assert b.poison_mask.sum() == round(0.1 * n_train)
@@ -62,7 +63,7 @@ def _check_quality(b):
     assert asr_cl <= 0.10, asr_cl
 
 
-@pytest.mark.parametrize("dataset", ["digits", "signs"])
+@pytest.mark.parametrize("dataset", ["digits", pytest.param("signs", marks=pytest.mark.slow)])
 def test_benchmark_quality_seed0(benchmark_factory, dataset):
     _check_quality(benchmark_factory(dataset, random_state=0))
 
@@ -78,6 +79,7 @@ def test_signs_benchmark_shape(signs_bench):
     assert signs_bench.X_train.shape[1:] == (3, 32, 32) and signs_bench.n_classes >= 10
 
 
+@pytest.mark.slow
 def test_benchmark_is_repeatable_and_keeps_global_rng(benchmark_factory):
     import torch
 

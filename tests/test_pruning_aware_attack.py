@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from contracts import raises_naming, watch
+
 from backdoorlearn import FinePruner, PruningAwareAttack, SmallCNN, Trigger
 from backdoorlearn.attacks import PruningAwareAttack as FromAttacks
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
-
 
 
 def _scores(model, bench):
@@ -16,15 +17,24 @@ def _scores(model, bench):
 
 
 @pytest.fixture(scope="module")
-def digits_attack(digits_bench):
+def digits_attack_run(digits_bench):
     b = digits_bench
     keep = ~b.poison_mask  # the attacker's clean training set
     X, y = b.X_train[keep], b.y_train[keep]
-    X_copy = X.copy()
-    attack = PruningAwareAttack(b.trigger, target_label=b.target_label, module=SmallCNN(1, 10, pooled_size=4),
-                                random_state=0).fit(X, y)
-    assert np.array_equal(X, X_copy)
-    return attack
+    module = SmallCNN(1, 10, pooled_size=4)
+    with watch(module, X, y) as w:
+        attack = PruningAwareAttack(b.trigger, target_label=b.target_label, module=module,
+                                    random_state=0).fit(X, y)
+    return attack, w
+
+
+@pytest.fixture(scope="module")
+def digits_attack(digits_attack_run):
+    return digits_attack_run[0]
+
+
+def test_fit_leaves_module_and_data_unchanged(digits_attack_run):
+    digits_attack_run[1].assert_unchanged()
 
 
 def test_attack_is_a_working_backdoor(digits_attack, digits_bench):
@@ -32,19 +42,20 @@ def test_attack_is_a_working_backdoor(digits_attack, digits_bench):
     assert acc >= 0.93 and asr >= 0.9
     assert FromAttacks is PruningAwareAttack
     # the decoys are reinstated with their clean weights
-    w = digits_attack.backdoored_model_.module_.conv2.weight[digits_attack.pruned_channels_]
-    w0 = digits_attack.clean_model_.module_.conv2.weight[digits_attack.pruned_channels_]
+    w = digits_attack.backdoored_model_.module_.conv2.weight[digits_attack.pruned_units_]
+    w0 = digits_attack.clean_model_.module_.conv2.weight[digits_attack.pruned_units_]
     assert torch.equal(w, w0) and torch.count_nonzero(w) > 0
     assert digits_attack.poisoner_.n_poisoned_ == round(0.1 * len(digits_attack.poisoner_.poison_mask_))
 
 
+@pytest.mark.slow
 def test_pruning_alone_is_defeated_fine_pruning_is_not(digits_attack, digits_bench):
     b = digits_bench
     model = digits_attack.backdoored_model_
     pruned = FinePruner(fine_tune_epochs=0, random_state=0).fit(model, b.X_holdout, b.y_holdout)
     # the defender prunes the decoys first
-    decoys = set(digits_attack.pruned_channels_.tolist())
-    first = pruned.pruned_channels_[: len(decoys)].tolist()
+    decoys = set(digits_attack.pruned_units_.tolist())
+    first = pruned.pruned_units_[: len(decoys)].tolist()
     assert set(first) <= decoys
     _check_defeats_pruning_only(model, b)
 
@@ -52,7 +63,6 @@ def test_pruning_alone_is_defeated_fine_pruning_is_not(digits_attack, digits_ben
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_fine_pruning_defeats_the_attack_trained_with_other_seeds(digits_bench, seed):
-    # With the paper's plain fine-tuning FinePruner left 15.6% and 21.5% attack success here.
     b = digits_bench
     keep = ~b.poison_mask
     attack = PruningAwareAttack(b.trigger, target_label=b.target_label, module=SmallCNN(1, 10, pooled_size=4),
@@ -85,11 +95,11 @@ def test_errors():
     X = np.zeros((20, 1, 8, 8), np.float32)
     y = np.arange(20) % 2
     t = Trigger.patch((1, 8, 8), size=2)
-    with pytest.raises(ValueError, match="prune_ratio"):
+    with raises_naming("prune_ratio"):
         PruningAwareAttack(t, prune_ratio=1.0).fit(X, y)
-    with pytest.raises(ValueError, match="target_label in PruningAwareAttack"):
+    with raises_naming("target_label", match="target_label in PruningAwareAttack"):
         PruningAwareAttack(t, target_label=5, clean_epochs=1, poison_epochs=1).fit(X, y)
-    with pytest.raises(ValueError, match="layer='classifier' must name a convolution"):
+    with raises_naming("layer", match="layer='classifier' must name a convolution"):
         PruningAwareAttack(t, layer="classifier", clean_epochs=1, poison_epochs=1).fit(X, y)
-    with pytest.raises(ValueError, match="y in PruningAwareAttack is required"):
+    with raises_naming("y", match="y in PruningAwareAttack is required"):
         PruningAwareAttack(t).fit(X, None)

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from contracts import check_same_seed_same_result, raises_naming, watch
+
 from backdoorlearn import NeuralCleanse, Trigger, Unlearner
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 from backdoorlearn.models import model_fingerprint
-
 
 
 def _scores(model, bench):
@@ -25,9 +26,9 @@ def _check_target(unlearner, bench):
 @pytest.mark.parametrize("dataset", ["digits", "signs"])
 def test_unlearning_true_trigger(dataset, benchmark_factory):
     b = benchmark_factory(dataset)
-    before = model_fingerprint(b.backdoored_model)
-    u = Unlearner(b.trigger, random_state=0).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
-    assert model_fingerprint(b.backdoored_model) == before
+    with watch(b.backdoored_model, b.X_holdout) as w:
+        u = Unlearner(b.trigger, random_state=0).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+    w.assert_unchanged()
     assert u.stamped_mask_.sum() == round(0.2 * len(b.X_holdout))
     _check_target(u, b)
 
@@ -36,7 +37,7 @@ class _FakeCleanse:
     """Duck-typed NeuralCleanse result."""
 
     def __init__(self, triggers, flagged):
-        self.triggers_ = triggers
+        self.reversed_triggers_ = triggers
         self.flagged_labels_ = flagged
 
 
@@ -69,18 +70,18 @@ def test_clean_only_fine_tuning_leaves_backdoor(digits_bench):
 
 def test_duck_typed_cleanse_and_empty(digits_bench):
     b = digits_bench
-    u = Unlearner(_FakeCleanse({0: b.trigger, 3: b.trigger}, [0]), epochs=1, random_state=0)
+    u = Unlearner(_FakeCleanse({0: b.trigger, 3: b.trigger}, [0]), fine_tune_epochs=1, random_state=0)
     u.fit(b.backdoored_model, b.X_holdout, b.y_holdout)
     assert u.target_labels_ == [0] and u.triggers_[0] is b.trigger
     with pytest.warns(UserWarning, match="flagged no label"):
-        u = Unlearner(_FakeCleanse({0: b.trigger}, []), epochs=1).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+        u = Unlearner(_FakeCleanse({0: b.trigger}, []), fine_tune_epochs=1).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
     assert not u.stamped_mask_.any()
 
 
 def test_several_triggers_split_the_stamps(digits_bench):
     b = digits_bench
     other = Trigger.patch((1, 8, 8), size=2, location="top-left")
-    u = Unlearner([b.trigger, other], stamp_fraction=0.5, epochs=1, random_state=0)
+    u = Unlearner([b.trigger, other], stamp_fraction=0.5, fine_tune_epochs=1, random_state=0)
     u.fit(b.backdoored_model, b.X_holdout, b.y_holdout)
     assert u.stamped_mask_.sum() == round(0.5 * len(b.X_holdout))
     assert len(u.triggers_) == 2
@@ -88,27 +89,29 @@ def test_several_triggers_split_the_stamps(digits_bench):
 
 def test_same_random_state_same_model(digits_bench):
     b = digits_bench
-    f = [model_fingerprint(Unlearner(b.trigger, epochs=2, random_state=1).fit(
-        b.backdoored_model, b.X_holdout, b.y_holdout).repaired_model_) for _ in range(2)]
-    assert f[0] == f[1]
+    check_same_seed_same_result(Unlearner(b.trigger, fine_tune_epochs=2, random_state=1),
+                                lambda est: est.fit(b.backdoored_model, b.X_holdout, b.y_holdout),
+                                lambda est: (model_fingerprint(est.repaired_model_), est.stamped_mask_))
 
 
 def test_errors(digits_bench):
     b = digits_bench
     m, X, y = b.backdoored_model, b.X_holdout, b.y_holdout
-    with pytest.raises(ValueError, match="y in Unlearner is required"):
+    with raises_naming("y", match="y in Unlearner is required"):
         Unlearner(b.trigger).fit(m, X, None)
-    with pytest.raises(TypeError, match="triggers in Unlearner must be"):
+    with raises_naming("triggers", TypeError, match="triggers in Unlearner must be"):
         Unlearner("square").fit(m, X, y)
-    with pytest.raises(ValueError, match="NeuralCleanse that is not fitted"):
+    with raises_naming("triggers", match="NeuralCleanse that is not fitted"):
         Unlearner(NeuralCleanse()).fit(m, X, y)
-    with pytest.raises(ValueError, match="must fit images of shape"):
+    with raises_naming("triggers", match="must fit images of shape"):
         Unlearner(Trigger.patch((3, 32, 32), size=4)).fit(m, X, y)
     black_box = LogisticRegression(max_iter=50).fit(X.reshape(len(X), -1), y)
     with pytest.raises(TypeError, match="Unlearner needs a white-box model"):
         Unlearner(b.trigger).fit(black_box, X, y)
-    with pytest.raises(ValueError, match="stamp_fraction"):
+    with raises_naming("stamp_fraction"):
         Unlearner(b.trigger, stamp_fraction=1.5).fit(m, X, y)
-    with pytest.raises(ValueError, match="NaN"):
+    with raises_naming("fine_tune_epochs"):
+        Unlearner(b.trigger, fine_tune_epochs=-1).fit(m, X, y)
+    with raises_naming("X", match="NaN"):
         Xn = X.copy(); Xn[0, 0, 0, 0] = np.nan
         Unlearner(b.trigger).fit(m, Xn, y)

@@ -1,35 +1,83 @@
 """Parameter descriptions shared by many estimators, written once.
 
-Use ``@fill_doc`` on a class or function whose docstring holds placeholders
-such as ``%(random_state)s`` on a line indented like a parameter (4 spaces in
-a class docstring).
+A docstring decorated with :func:`fill_doc` may hold a line made of one
+placeholder, ``{name}`` for a key of :data:`SHARED`; the line is replaced by
+that text, indented as the placeholder was. Only whole-line placeholders with
+a known name are touched, so braces elsewhere (``{"cpu", "cuda"}``, dict
+literals in examples) and ``%`` signs need no escaping.
 """
 
-_SHARED = {
-    "random_state": """random_state : int, RandomState instance or None, default=None
-        Makes a run repeatable. Seeds local numpy and torch generators only;
-        the global ones are left as they were.""",
-    "device": """device : {"cpu", "cuda", "auto"}, default="cpu"
-        Where the tensor work runs. ``"auto"`` picks CUDA when available. The
-        user's model is never moved: the defense works on a copy.""",
-    "batch_size": """batch_size : int, default=256
-        Inputs per forward pass (bounds memory, not the result).""",
-    "verbose": """verbose : int, default=0
-        0 is silent; 1 shows tqdm progress for the long loops.""",
-    "n_jobs": """n_jobs : int, default=None
-        Parallel jobs through joblib (``None`` is 1 unless inside a
-        ``joblib.parallel_config`` context, ``-1`` is all cores).""",
-    "detector_convention": """Detectors follow scikit-learn's outlier detectors for scores and PyOD
-    for labels: ``score_samples`` is higher for more benign inputs,
-    ``decision_function = score_samples - threshold_`` is negative for
-    flagged inputs, and ``predict`` returns **1 for a flagged (trojaned)
-    input and 0 for an accepted one**, so scikit-learn metrics and scorers
-    (``"recall"``, ``"f1"``) treat "trojaned" as the positive class.""",
+import re
+
+SHARED = {
+    "random_state": """\
+random_state : int, RandomState instance or None, default=None
+    Makes a run repeatable. Seeds local numpy and torch generators only;
+    the global ones are left as they were.""",
+    "device": """\
+device : str, torch.device or None, default=None
+    Where the tensor work runs: ``None`` is the model's own device (a
+    skorch net's ``device``; the CPU for a model that has none), ``"auto"``
+    is CUDA when available, else a device such as ``"cpu"`` or
+    ``"cuda:1"``. The user's model is never moved: the work runs on a
+    copy.""",
+    "batch_size": """\
+batch_size : int, default=256
+    Inputs per forward pass of evaluation: it bounds memory, not the
+    result.""",
+    "train_batch_size": """\
+train_batch_size : int, default=16
+    Mini-batch size of the fine-tuning: it changes the result (unlike
+    ``batch_size``). Small, because the defender's data are a few hundred
+    images and each epoch should still take many gradient steps.""",
+    "triggers": """\
+triggers : Trigger, list of Trigger, dict or fitted NeuralCleanse
+    The (reversed) triggers. A fitted
+    :class:`~backdoorlearn.NeuralCleanse` contributes the reversed triggers
+    of its flagged labels (``reversed_triggers_[label]`` for each label in
+    ``flagged_labels_``) with those labels as targets; a dict maps target
+    labels to triggers. ``sklearn.clone`` of the repair hands over an
+    unfitted copy of a ``NeuralCleanse``: pass the dict
+    ``{k: nc.reversed_triggers_[k] for k in nc.flagged_labels_}`` to clone
+    it.""",
+    "verbose": """\
+verbose : int, default=0
+    0 is silent; 1 shows tqdm progress for the long loops.""",
+    "n_jobs": """\
+n_jobs : int, default=None
+    Parallel jobs through joblib (``None`` is 1 unless inside a
+    ``joblib.parallel_config`` context, ``-1`` is all cores).""",
+    "detector_convention": """\
+Detectors follow scikit-learn's outlier detectors for scores and PyOD
+for labels: ``score_samples`` is higher for more benign inputs,
+``decision_function = score_samples - threshold_`` is negative for
+flagged inputs, and ``predict`` returns **1 for a flagged (trojaned)
+input and 0 for an accepted one**, so scikit-learn metrics and scorers
+(``"recall"``, ``"f1"``) treat "trojaned" as the positive class.""",
 }
+
+_PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)\{(?P<name>" + "|".join(SHARED) + r")\}[ \t]*$",
+                          re.MULTILINE)
+
+
+def _substitute(match):
+    indent = match.group("indent")
+    return "\n".join(indent + line if line else line for line in SHARED[match.group("name")].splitlines())
 
 
 def fill_doc(obj):
-    """Substitute the shared ``%(name)s`` placeholders in ``obj.__doc__``."""
+    """Replace the whole-line ``{name}`` placeholders in ``obj.__doc__`` by :data:`SHARED` text.
+
+    Parameters
+    ----------
+    obj : class or function
+        Decorated object; its docstring is rewritten in place.
+
+    Returns
+    -------
+    obj : class or function
+        The same object.
+    """
     if obj.__doc__:
-        obj.__doc__ = obj.__doc__ % _SHARED
+        obj.__doc__ = _PLACEHOLDER.sub(_substitute, obj.__doc__)
     return obj

@@ -17,10 +17,12 @@ from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 __all__ = [
+    "DEVICE_CONSTRAINT",
     "check_images",
     "check_finite_array",
     "check_labels",
     "PrefitModelsMixin",
+    "module_device",
     "resolve_device",
     "seeded",
     "torch_seed",
@@ -162,11 +164,31 @@ def check_label_value(label, n_classes, *, name, caller=None):
     return int(label)
 
 
-def resolve_device(device):
-    """Map ``"auto"`` to ``"cuda"`` when available, else ``"cpu"``; check the rest."""
+#: The ``_parameter_constraints`` entry of every ``device`` parameter.
+DEVICE_CONSTRAINT = [str, torch.device, None]
+
+
+def module_device(module):
+    """The device of ``module``'s first parameter (or buffer); the CPU when it has none."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def resolve_device(device, module=None):
+    """The device a run uses, as a string.
+
+    ``None`` is where ``module`` lives (a torch module instance), else the
+    CPU; ``"auto"`` is CUDA when available, else the CPU; any other value is
+    checked and returned.
+    """
     if isinstance(device, torch.device):
         device = str(device)
-    if device is None or device == "auto":
+    if device is None:
+        return str(module_device(module)) if isinstance(module, torch.nn.Module) else "cpu"
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if not isinstance(device, str):
         raise TypeError(f"device must be 'cpu', 'cuda', 'auto' or a torch device; got {device!r}.")
@@ -222,6 +244,19 @@ class PrefitModelsMixin:
         return new
 
     def set_params(self, **params):
+        """Set the parameters of this estimator, never those of a prefit model it holds.
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters; ``name__sub`` reaches into a nested
+            estimator, except where ``name`` holds a prefit model.
+
+        Returns
+        -------
+        self : object
+            The estimator.
+        """
         for key in params:
             head, nested, _ = key.partition("__")
             if nested and head in self._model_params:
@@ -232,6 +267,19 @@ class PrefitModelsMixin:
         return super().set_params(**params)
 
     def get_params(self, deep=True):
+        """Get the parameters of this estimator, without descending into a prefit model.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Include the parameters of nested estimators, except the prefit
+            models.
+
+        Returns
+        -------
+        params : dict
+            Parameter names mapped to their values.
+        """
         params = super().get_params(deep=False)
         if deep:
             for name, value in list(params.items()):

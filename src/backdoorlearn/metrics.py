@@ -47,11 +47,14 @@ def clean_accuracy(y_true, y_pred):
     Parameters
     ----------
     y_true : array-like of shape (n_samples,)
+        True labels.
     y_pred : array-like of shape (n_samples,)
+        Predicted labels.
 
     Returns
     -------
     accuracy : float
+        Fraction of inputs whose prediction is the true label.
 
     Examples
     --------
@@ -92,6 +95,7 @@ def attack_success_rate(y_true, y_pred, target_label):
     Returns
     -------
     asr : float
+        Fraction of the non-target inputs predicted as the target.
 
     Examples
     --------
@@ -110,6 +114,20 @@ def robust_accuracy(y_true, y_pred, target_label=None):
     With ``target_label``, inputs whose true label is the target are left
     out (as in :func:`attack_success_rate`).
 
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True labels of the (triggered) inputs.
+    y_pred : array-like of shape (n_samples,)
+        The model's predictions on them.
+    target_label : int or array-like of shape (n_samples,), default=None
+        The attacker's target; ``None`` keeps every input.
+
+    Returns
+    -------
+    accuracy : float
+        Fraction of the kept inputs predicted as their true label.
+
     Examples
     --------
     >>> from backdoorlearn.metrics import robust_accuracy
@@ -124,11 +142,27 @@ def robust_accuracy(y_true, y_pred, target_label=None):
 
 
 def defense_effectiveness_rate(asr_before, asr_after, acc_before, acc_after):
-    """BackdoorBench's defense effectiveness rate (DER), in [0, 1].
+    """Compute BackdoorBench's defense effectiveness rate (DER), in [0, 1].
 
     ``DER = [max(0, ASR_before - ASR_after) - max(0, CA_before - CA_after) + 1] / 2``:
     1 for a defense that removes the whole attack at no accuracy cost, 0.5
     for one that does nothing.
+
+    Parameters
+    ----------
+    asr_before : float
+        Attack success rate before the defense.
+    asr_after : float
+        Attack success rate after it.
+    acc_before : float
+        Clean accuracy before the defense.
+    acc_after : float
+        Clean accuracy after it.
+
+    Returns
+    -------
+    der : float
+        The defense effectiveness rate.
 
     References
     ----------
@@ -158,7 +192,19 @@ def _binary(y_true, y_pred, func):
 
 
 def false_rejection_rate(y_true, y_pred):
-    """STRIP's FRR: the fraction of benign inputs (0) flagged as trojaned (1).
+    """Compute STRIP's FRR: the fraction of benign inputs (0) flagged as trojaned (1).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        0 for a benign input, 1 for a trojaned one.
+    y_pred : array-like of shape (n_samples,)
+        A detector's ``predict``: 1 flagged, 0 accepted.
+
+    Returns
+    -------
+    frr : float
+        Fraction of the benign inputs flagged.
 
     Examples
     --------
@@ -174,7 +220,19 @@ def false_rejection_rate(y_true, y_pred):
 
 
 def false_acceptance_rate(y_true, y_pred):
-    """STRIP's FAR: the fraction of trojaned inputs (1) accepted as benign (0).
+    """Compute STRIP's FAR: the fraction of trojaned inputs (1) accepted as benign (0).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        0 for a benign input, 1 for a trojaned one.
+    y_pred : array-like of shape (n_samples,)
+        A detector's ``predict``: 1 flagged, 0 accepted.
+
+    Returns
+    -------
+    far : float
+        Fraction of the trojaned inputs accepted.
 
     Examples
     --------
@@ -189,17 +247,33 @@ def false_acceptance_rate(y_true, y_pred):
     return float(np.mean(y_pred[trojaned] == 0))
 
 
-#: Scorer for ``GridSearchCV`` on detectors: negated FRR (greater is better).
+#: Scorer of a detector's false rejection rate, for ``GridSearchCV`` and
+#: ``cross_validate`` on a labelled mix (0 benign, 1 trojaned). scikit-learn
+#: maximizes scores, so a scorer of a rate to minimize returns it negated:
+#: ``-FRR``, 0 at best. A ``mean_test_frr`` of -0.02 in ``cv_results_`` is a
+#: 2% false rejection rate; ``abs`` gives the rate back.
 FRR_SCORER = make_scorer(false_rejection_rate, greater_is_better=False)
-#: Scorer for ``GridSearchCV`` on detectors: negated FAR (greater is better).
+#: Scorer of a detector's false acceptance rate, negated like
+#: :data:`FRR_SCORER`: ``-FAR``, 0 at best.
 FAR_SCORER = make_scorer(false_acceptance_rate, greater_is_better=False)
 
 
 def make_attack_success_scorer(target_label):
-    """A scorer of attack success on triggered data, negated for ``GridSearchCV``.
+    """Make a scorer of attack success on triggered data, negated for ``GridSearchCV``.
 
     Use it on a classifier with a triggered validation set: a lower attack
     success rate gives a higher score.
+
+    Parameters
+    ----------
+    target_label : int or array-like
+        The attacker's target (see :func:`attack_success_rate`).
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X_triggered, y_true)`` returns minus the attack
+        success rate of ``estimator.predict(X_triggered)``.
 
     Examples
     --------

@@ -145,10 +145,12 @@ class Trigger:
         margin : int, default=0
             Distance in pixels from the named corner.
         name : str, default=None
+            A label used in plots and reprs.
 
         Returns
         -------
         trigger : Trigger
+            The new trigger.
         """
         c, h, w = _image_shape(image_shape)
         if patch is None:
@@ -184,10 +186,12 @@ class Trigger:
         alpha : float, default=0.2
             Blend ratio in (0, 1].
         name : str, default=None
+            A label used in plots and reprs.
 
         Returns
         -------
         trigger : Trigger
+            The new trigger.
         """
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1]; got {alpha!r}.")
@@ -217,10 +221,12 @@ class Trigger:
         opacity : float, default=1.0
             Mask value of the glyph's pixels, in (0, 1].
         name : str, default=None
+            A label used in plots and reprs.
 
         Returns
         -------
         trigger : Trigger
+            The new trigger.
         """
         glyph = _as_chw(image, name="image")
         if not 0 < opacity <= 1:
@@ -248,6 +254,7 @@ class Trigger:
     # ------------------------------------------------------------------ use
     @property
     def image_shape(self):
+        """``(C, H, W)`` of the images the trigger stamps (C is 1 when mask and pattern have one channel)."""
         c = max(self.mask.shape[0], self.pattern.shape[0])
         return (c,) + self.mask.shape[1:]
 
@@ -262,12 +269,13 @@ class Trigger:
         Parameters
         ----------
         X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images of the trigger's height and width.
 
         Returns
         -------
-        X_triggered : ndarray of the same shape as ``X``, float32, clipped to
-            the pattern's range only by construction (a convex combination of
-            ``X`` and the pattern).
+        X_triggered : ndarray of the shape of ``X``, float32
+            ``(1 - mask) * X + mask * pattern``: a convex combination of
+            ``X`` and the pattern, so within their range.
         """
         X_arr = check_images(X, name="X", caller="Trigger.apply")
         c = X_arr.shape[1]
@@ -453,8 +461,8 @@ class Trigger:
 
 
 def is_neural_cleanse(obj):
-    """True for a fitted NeuralCleanse (duck-typed: it has ``triggers_`` and ``flagged_labels_``)."""
-    return hasattr(obj, "triggers_") and hasattr(obj, "flagged_labels_")
+    """True for a fitted NeuralCleanse (duck-typed: it has ``reversed_triggers_`` and ``flagged_labels_``)."""
+    return hasattr(obj, "reversed_triggers_") and hasattr(obj, "flagged_labels_")
 
 
 def resolve_triggers(triggers, *, caller, image_shape=None):
@@ -468,15 +476,16 @@ def resolve_triggers(triggers, *, caller, image_shape=None):
     """
     if is_neural_cleanse(triggers):
         if getattr(triggers, "flagged_pairs_", None):  # source -> target mode
-            pairs = [(triggers.triggers_[p], int(p[1])) for p in triggers.flagged_pairs_]
+            pairs = [(triggers.reversed_triggers_[p], int(p[1])) for p in triggers.flagged_pairs_]
         else:
-            pairs = [(triggers.triggers_[int(k)], int(k)) for k in np.asarray(triggers.flagged_labels_).ravel()]
+            pairs = [(triggers.reversed_triggers_[int(k)], int(k))
+                     for k in np.asarray(triggers.flagged_labels_).ravel()]
     elif hasattr(triggers, "fit") and hasattr(triggers, "get_params"):
         raise ValueError(
             f"triggers in {caller} is a {type(triggers).__name__} that is not fitted; a fitted "
             "NeuralCleanse is needed (note that sklearn.clone drops fitted state): fit it first, "
             "or pass its triggers as a dict "
-            "{label: nc.triggers_[label] for label in nc.flagged_labels_}."
+            "{label: nc.reversed_triggers_[label] for label in nc.flagged_labels_}."
         )
     elif isinstance(triggers, Trigger):
         pairs = [(triggers, None)]

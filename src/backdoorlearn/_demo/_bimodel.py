@@ -14,8 +14,8 @@ def bimodel_rows(bench, *, verbose=0):
     for mode, targets in (("targeted", [bench.target_label]), ("untargeted", None)):
         bbd = BimodelClassifier(bench.backdoored_model, repaired, target_labels=targets)
         bbd.fit(bench.X_holdout, bench.y_holdout)
-        pred_clean = bbd.predict(bench.X_test)
-        asked = bbd.second_opinion_rate_
+        clean = bbd.cross_examine(bench.X_test)
+        pred_clean, asked = clean.y_pred, float(clean.asked.mean())
         pred_trig = bbd.predict(bench.X_test_triggered)
         rejected = (pred_clean == bbd.reject_label_).astype(int)
         frr = false_rejection_rate(np.zeros_like(rejected), rejected)

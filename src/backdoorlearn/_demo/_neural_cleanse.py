@@ -16,7 +16,7 @@ def neural_cleanse_rows(bench, *, verbose=0):
         model = bench[name]
         nc = NeuralCleanse(random_state=0, verbose=verbose).fit(model, bench.X_holdout, bench.y_holdout)
         label = int(nc.labels_[nc.l1_norms_.argmin()])
-        pred = model.predict(nc.triggers_[label].apply(bench.X_test))
+        pred = model.predict(nc.reversed_triggers_[label].apply(bench.X_test))
         flagged = ", ".join(map(str, nc.flagged_labels_)) or "none"
         rows.append({
             "step": f"Neural Cleanse, {name.replace('_', ' ')}",

@@ -449,7 +449,7 @@ def _strip(adapter, X, nc, *, perturbations, frr, rng, device, verbose, log):
         rows = np.flatnonzero(adapter.predict(X) != label)
         if rows.size:
             rows = np.sort(rng.choice(rows, size=min(rows.size, _STRIP_TRIGGERED), replace=False))
-            scores = detector.score_samples(nc.triggers_[label].apply(X[rows]))
+            scores = detector.score_samples(nc.reversed_triggers_[label].apply(X[rows]))
             report["reversed_trigger"] = dict(label=label, n=int(rows.size), scores=scores,
                                               flagged_rate=float(np.mean(scores < detector.threshold_)))
     report["seconds"] = round(time.perf_counter() - t, 3)
@@ -474,7 +474,7 @@ def _fine_prune(adapter, X, y, nc, *, epochs, rng, device, verbose, log):
     target = labels[0]
     rows = np.flatnonzero(y_eval != target)
     if rows.size:
-        monitor = dict(X_triggered=nc.triggers_[target].apply(X_eval[rows]), y_triggered=y_eval[rows],
+        monitor = dict(X_triggered=nc.reversed_triggers_[target].apply(X_eval[rows]), y_triggered=y_eval[rows],
                        target_label=target)
     params = dict(device=device, random_state=int(rng.randint(0, 2**31 - 1)), verbose=_nc_verbose(verbose))
     if epochs is not None:
@@ -492,13 +492,13 @@ def _fine_prune(adapter, X, y, nc, *, epochs, rng, device, verbose, log):
         keep = np.flatnonzero(y_eval != label)
         if not keep.size:
             continue
-        stamped = nc.triggers_[label].apply(X_eval[keep])
+        stamped = nc.reversed_triggers_[label].apply(X_eval[keep])
         triggered.append(dict(label=int(label), n=int(keep.size),
                               before=float(np.mean(adapter.predict(stamped) == label)),
                               after=float(np.mean(repaired.predict(stamped) == label))))
     curve = pruner.pruning_curve_
     report = dict(
-        method="fine-pruning", layer=pruner.layer_, pruned_channels=pruner.pruned_channels_,
+        method="fine-pruning", layer=pruner.layer_, pruned_channels=pruner.pruned_units_,
         prune_ratio=float(pruner.prune_ratio_), fine_tune_epochs=int(pruner.fine_tune_epochs),
         n_fit=int(len(X_fit)), n_eval=int(len(X_eval)),
         clean_accuracy_before=float(np.mean(before == y_eval)), clean_accuracy_after=float(np.mean(after == y_eval)),
@@ -533,16 +533,16 @@ def _write(report, nc, repaired, out):
 
     files = dict(report_json="report.json", report_html="report.html", triggers="triggers.npz")
     with staged_output(out, name="out") as stage:
-        keys = list(nc.triggers_)
+        keys = list(nc.reversed_triggers_)
         np.savez_compressed(stage / "triggers.npz", labels=np.asarray(keys, dtype=np.int64),
-                            masks=np.stack([nc.triggers_[k].mask for k in keys]).astype(np.float32),
-                            patterns=np.stack([nc.triggers_[k].pattern for k in keys]).astype(np.float32))
+                            masks=np.stack([nc.reversed_triggers_[k].mask for k in keys]).astype(np.float32),
+                            patterns=np.stack([nc.reversed_triggers_[k].pattern for k in keys]).astype(np.float32))
         if repaired is not None:
             save_weights(repaired, stage / "repaired.pt")
             files["repaired_model"] = "repaired.pt"
             report["repair"]["model_file"] = "repaired.pt"
         report["files"] = files
-        (stage / "report.html").write_text(render_html(to_jsonable(report), nc.triggers_), encoding="utf-8")
+        (stage / "report.html").write_text(render_html(to_jsonable(report), nc.reversed_triggers_), encoding="utf-8")
         write_json_atomic(report, stage / "report.json")
     return files
 

@@ -199,7 +199,7 @@ def render_html(report, triggers):
         What :func:`~backdoorlearn.audit.audit_model` returns.
     triggers : dict
         Label -> :class:`~backdoorlearn.Trigger`, Neural Cleanse's reversed
-        triggers (``NeuralCleanse.triggers_``).
+        triggers (``NeuralCleanse.reversed_triggers_``).
 
     Returns
     -------
@@ -214,7 +214,7 @@ def render_html(report, triggers):
     >>> X = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
     >>> report = audit_model(SmallCNN(1, 4), X, np.arange(40) % 4, nc_steps=2, random_state=0)
     >>> nc = NeuralCleanse(steps=2, random_state=0).fit(SmallCNN(1, 4), X, np.arange(40) % 4)
-    >>> render_html(report, nc.triggers_).startswith("<!DOCTYPE html>")
+    >>> render_html(report, nc.reversed_triggers_).startswith("<!DOCTYPE html>")
     True
     """
     nc = report["neural_cleanse"]

@@ -18,6 +18,7 @@ def load_digits():
     X : ndarray of shape (1797, 1, 8, 8), float32
         Pixel values divided by 16.
     y : ndarray of shape (1797,), int64
+        The digit shown, 0 to 9.
 
     Examples
     --------

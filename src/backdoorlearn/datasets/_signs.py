@@ -102,11 +102,14 @@ def make_traffic_signs(n_samples=2000, n_classes=10, image_size=32, noise=0.04, 
     noise : float, default=0.04
         Standard deviation of the Gaussian pixel noise.
     random_state : int, RandomState instance or None, default=None
+        Seeds every drawn image.
 
     Returns
     -------
     X : ndarray of shape (n_samples, 3, image_size, image_size), float32 in [0, 1]
+        The images.
     y : ndarray of shape (n_samples,), int64
+        Their classes, balanced.
 
     Examples
     --------

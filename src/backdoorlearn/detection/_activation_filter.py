@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from .._docstring import fill_doc
-from .._utils import check_images
+from .._utils import DEVICE_CONSTRAINT, check_images
 from ..models import ModelAdapter
 from ..triggers import Trigger, resolve_triggers
 from ._base import BaseDetector
@@ -27,20 +27,20 @@ class ActivationFilter(BaseDetector):
     stamped with the trigger than by the same images clean; the top
     ``top_fraction`` are kept, and an input is flagged when its mean
     activation over those neurons is above a threshold learned on clean
-    data at ``false_positive_rate``.
+    data at ``false_rejection_rate``.
 
     Needs a white-box model (a torch module or a skorch net), the trigger
     (usually reversed by :class:`NeuralCleanse`, never the attacker's) and
     clean images.
 
-    %(detector_convention)s
+    {detector_convention}
 
     The score is minus the mean activation of the selected neurons.
 
     Parameters
     ----------
-    estimator : torch.nn.Module or skorch.NeuralNetClassifier
-        The (suspect) model; never modified.
+    model : torch.nn.Module or skorch.NeuralNetClassifier
+        The (suspect) model; never modified, kept by reference by ``clone``.
     triggers : Trigger, list of Trigger or fitted NeuralCleanse
         The trigger(s) whose neurons are watched. A fitted
         :class:`NeuralCleanse` contributes the triggers of its flagged labels
@@ -49,23 +49,24 @@ class ActivationFilter(BaseDetector):
     layer : str, default=None
         Name of the layer watched; ``None`` means the penultimate layer.
     top_fraction : float, default=0.01
-        Fraction of the layer's neurons kept (the paper's top 1%%), but never
+        Fraction of the layer's neurons kept (the paper's top 1%), but never
         fewer than ``min_neurons`` (``n_neurons_`` says how many were used).
     min_neurons : int, default=8
-        Fewest neurons kept. The paper's layers have hundreds of units; on a
-        64-unit layer 1%% is less than one neuron, and the single most
-        trigger-specific neuron alone missed 33%% of the triggered inputs of
-        the digits benchmark model at 5%% false positives (8 neurons: 1%%).
-    false_positive_rate : float, default=0.05
-        Fraction of clean inputs flagged; sets ``threshold_`` as the
-        quantile of the clean scores.
+        Fewest neurons kept, a deviation from the paper, whose layers have
+        hundreds of units: on a 64-unit layer 1% is less than one neuron,
+        and a single neuron is a noisy detector
+        (``benchmarks/results/neural_cleanse.txt`` compares 1 and 8).
+    false_rejection_rate : float, default=0.05
+        Wanted fraction of clean inputs flagged, in (0, 1): ``threshold_`` is
+        the clean scores' quantile at this rate (the paper's 5% false
+        positive rate).
     threshold : float, default=None
         A fixed threshold on the score instead of the learned one.
     threshold_method : {"quantile", "normal"}, default="quantile"
         Empirical quantile of the clean scores, or ``mean - z * std`` of a
         normal fitted to them.
-    %(device)s
-    %(batch_size)s
+    {device}
+    {batch_size}
 
     Attributes
     ----------
@@ -81,7 +82,9 @@ class ActivationFilter(BaseDetector):
     benign_scores_ : ndarray of shape (n_samples,)
         Scores of the clean training inputs.
     threshold_ : float
+        Inputs with a score below it are flagged.
     input_shape_ : tuple of int
+        Shape of one input, as at fit.
 
     See Also
     --------
@@ -105,39 +108,38 @@ class ActivationFilter(BaseDetector):
     ((60,), 8)
     """
 
-    _rate_param = "false_positive_rate"
     # clone keeps the model and a fitted NeuralCleanse by reference (not refit-able copies)
-    _model_params = ("estimator", "triggers")
+    _model_params = ("model", "triggers")
 
     _parameter_constraints = {
-        "estimator": [HasMethods("forward"), HasMethods("predict_proba")],
+        "model": [HasMethods("forward"), HasMethods("predict_proba")],
         "triggers": [Trigger, list, tuple, HasMethods("fit")],
         "layer": [str, None],
         "top_fraction": [Interval(numbers.Real, 0, 1, closed="right")],
         "min_neurons": [Interval(numbers.Integral, 1, None, closed="left")],
-        "false_positive_rate": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "false_rejection_rate": [Interval(numbers.Real, 0, 1, closed="neither")],
         "threshold": [numbers.Real, None],
         "threshold_method": [StrOptions({"quantile", "normal"})],
-        "device": [str, None],
+        "device": DEVICE_CONSTRAINT,
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, estimator, triggers, layer=None, top_fraction=0.01, min_neurons=8,
-                 false_positive_rate=0.05,
-                 threshold=None, threshold_method="quantile", device="cpu", batch_size=256):
-        self.estimator = estimator
+    def __init__(self, model, triggers, layer=None, top_fraction=0.01, min_neurons=8,
+                 false_rejection_rate=0.05, threshold=None, threshold_method="quantile", device=None,
+                 batch_size=256):
+        self.model = model
         self.triggers = triggers
         self.layer = layer
         self.top_fraction = top_fraction
         self.min_neurons = min_neurons
-        self.false_positive_rate = false_positive_rate
+        self.false_rejection_rate = false_rejection_rate
         self.threshold = threshold
         self.threshold_method = threshold_method
         self.device = device
         self.batch_size = batch_size
 
     def _adapter(self):
-        return ModelAdapter(self.estimator, defense=type(self).__name__, device=self.device,
+        return ModelAdapter(self.model, defense=type(self).__name__, device=self.device,
                             batch_size=self.batch_size).require_white_box()
 
     def _resolve_triggers(self):

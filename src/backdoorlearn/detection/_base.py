@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABCMeta, abstractmethod
 
 import numpy as np
 from scipy.stats import norm
@@ -15,7 +15,7 @@ from .._utils import PrefitModelsMixin, check_finite_array
 __all__ = ["BaseDetector"]
 
 
-class BaseDetector(PrefitModelsMixin, BaseEstimator):
+class BaseDetector(PrefitModelsMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class of input-level backdoor detectors.
 
     It owns the public methods (validation, ``check_is_fitted``, threshold,
@@ -26,24 +26,48 @@ class BaseDetector(PrefitModelsMixin, BaseEstimator):
       against itself, where that matters);
     - ``_score_samples(X)``: scores of new inputs, higher = more benign.
 
-    The threshold is learned at fit from the benign scores at the rate named
-    by the class attribute ``_rate_param`` (``"false_rejection_rate"`` for
-    STRIP), either as the empirical quantile or, with
-    ``threshold_method="normal"``, as ``mean - z * std`` of a normal fitted to
-    the benign scores. A ``threshold`` parameter that is not None overrides it.
+    The threshold is learned at fit from the benign scores at the
+    ``false_rejection_rate`` parameter, either as the empirical quantile or,
+    with ``threshold_method="normal"``, as ``mean - z * std`` of a normal
+    fitted to the benign scores. A ``threshold`` parameter that is not None
+    overrides it. A detector has these three parameters.
 
     ``fit(X, y)``: with ``y``, only rows with ``y == 0`` are benign, so a
     labelled mix of clean (0) and trojaned (1) inputs works in ``GridSearchCV``.
 
-    ``clone`` keeps the parameters named in ``_model_params`` (``estimator``,
-    ``model``) by reference instead of re-creating them unfitted, so a
-    detector around a fitted model survives ``GridSearchCV`` and ``Pipeline``.
+    ``clone`` keeps the parameters named in ``_model_params`` (``model``) by
+    reference instead of re-creating them unfitted, so a detector around a
+    fitted model survives ``GridSearchCV`` and ``Pipeline``.
+
+    See Also
+    --------
+    backdoorlearn.STRIPDetector : A black-box detector built on this class.
+    backdoorlearn.ActivationFilter : A white-box detector built on this class.
+
+    Examples
+    --------
+    A detector that calls inputs with a large first value trojaned:
+
+    >>> import numpy as np
+    >>> from backdoorlearn.detection import BaseDetector
+    >>> class FirstValue(BaseDetector):
+    ...     _parameter_constraints = {}
+    ...     def __init__(self, false_rejection_rate=0.1, threshold=None, threshold_method="quantile"):
+    ...         self.false_rejection_rate = false_rejection_rate
+    ...         self.threshold = threshold
+    ...         self.threshold_method = threshold_method
+    ...     def _fit_detector(self, X):
+    ...         return self._score_samples(X)
+    ...     def _score_samples(self, X):
+    ...         return -X[:, 0]
+    >>> X = np.linspace(0, 1, 11)[:, None]
+    >>> FirstValue().fit(X).predict(np.array([[0.5], [2.0]]))
+    array([0, 1])
     """
 
-    _rate_param = "false_rejection_rate"
     _min_benign = 2
     #: Parameters holding the (fitted) model: kept by reference by ``clone``.
-    _model_params = ("estimator", "model")
+    _model_params = ("model",)
 
     # -------------------------------------------------------------- hooks
     @abstractmethod
@@ -106,11 +130,10 @@ class BaseDetector(PrefitModelsMixin, BaseEstimator):
         return self
 
     def _learn_threshold(self, scores):
-        if getattr(self, "threshold", None) is not None:
+        if self.threshold is not None:
             return float(self.threshold)
-        rate = getattr(self, self._rate_param)
-        method = getattr(self, "threshold_method", "quantile")
-        if method == "normal":
+        rate = self.false_rejection_rate
+        if self.threshold_method == "normal":
             return float(scores.mean() - norm.ppf(1 - rate) * scores.std(ddof=1))
         return float(np.quantile(scores, rate))
 

@@ -12,6 +12,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._docstring import fill_doc
+from .._utils import DEVICE_CONSTRAINT
 from ..models import ModelAdapter
 from ._base import BaseDetector
 
@@ -56,14 +57,15 @@ class STRIPDetector(BaseDetector):
     e.g. an ``MLPClassifier`` on flattened images; ``X`` is then whatever
     shape the estimator takes).
 
-    %(detector_convention)s
+    {detector_convention}
 
     Parameters
     ----------
-    estimator : torch.nn.Module, skorch.NeuralNetClassifier or estimator
-        The deployed (possibly backdoored) classifier, already trained. It is
-        never modified, and ``clone`` keeps it by reference (a fitted model
-        stays fitted inside ``GridSearchCV``).
+    model : torch.nn.Module, skorch.NeuralNetClassifier or classifier
+        The deployed (possibly backdoored) classifier, already trained: a
+        module returning logits, a skorch net, or any estimator with
+        ``predict_proba``. It is never modified, and ``clone`` keeps it by
+        reference (a fitted model stays fitted inside ``GridSearchCV``).
     n_perturbations : int, default=100
         Number ``N`` of superimposed replicas per input (the paper's ``N``;
         it uses 100). Costs ``N`` forward passes per input.
@@ -87,15 +89,13 @@ class STRIPDetector(BaseDetector):
         largest value in the fitted pool (``[0, 1]`` for images in [0, 1], the
         saturation that ``cv2.addWeighted`` applies to ``uint8`` images);
         ``None``: no clipping.
-    device : {"cpu", "cuda", "auto"} or None, default=None
-        Where a torch model runs. ``None`` keeps the model's own device. The
-        user's model is never moved (the adapter works on a copy).
+    {device}
     batch_size : int, default=1024
         Blended inputs per forward pass (bounds memory, not the result).
-    %(random_state)s
+    {random_state}
         It draws the overlays; with an int, scoring the same ``X`` twice gives
         the same scores.
-    %(verbose)s
+    {verbose}
 
     Attributes
     ----------
@@ -127,7 +127,7 @@ class STRIPDetector(BaseDetector):
     per blended replica ``n``, over the classes ``i``, then averaged over the
     ``N`` replicas (Eq. 3-5). :meth:`score_samples` returns
     ``H / log2(n_classes_)``, in [0, 1]; multiply by ``log2(n_classes_)`` for
-    bits, the paper's unit (its MNIST threshold 0.026 bits at 1%% FRR is
+    bits, the paper's unit (its MNIST threshold 0.026 bits at 1% FRR is
     0.0078 here).
 
     Overlays are drawn uniformly from the pool, without replacement when the
@@ -159,14 +159,14 @@ class STRIPDetector(BaseDetector):
     """
 
     _parameter_constraints = {
-        "estimator": "no_validation",
+        "model": "no_validation",
         "n_perturbations": [Interval(Integral, 1, None, closed="left")],
         "false_rejection_rate": [Interval(Real, 0, 1, closed="neither")],
         "threshold": [Real, None],
         "threshold_method": [StrOptions({"quantile", "normal"})],
         "superimposition": [StrOptions({"add", "blend"})],
         "clip_range": [StrOptions({"pool"}), tuple, None],
-        "device": [str, None],
+        "device": DEVICE_CONSTRAINT,
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -174,7 +174,7 @@ class STRIPDetector(BaseDetector):
 
     def __init__(
         self,
-        estimator,
+        model,
         *,
         n_perturbations=100,
         false_rejection_rate=0.01,
@@ -187,7 +187,7 @@ class STRIPDetector(BaseDetector):
         random_state=None,
         verbose=0,
     ):
-        self.estimator = estimator
+        self.model = model
         self.n_perturbations = n_perturbations
         self.false_rejection_rate = false_rejection_rate
         self.threshold = threshold
@@ -202,12 +202,12 @@ class STRIPDetector(BaseDetector):
     # ------------------------------------------------------------------ hooks
     def _fit_detector(self, X):
         self._adapter = ModelAdapter(
-            self.estimator, defense="STRIPDetector", device=self.device, batch_size=self.batch_size
+            self.model, defense="STRIPDetector", device=self.device, batch_size=self.batch_size
         )
         n_classes = int(self._adapter.predict_proba(X[:1]).shape[1])
         if n_classes < 2:
             raise ValueError(
-                f"STRIPDetector needs a classifier with at least 2 classes; the estimator "
+                f"STRIPDetector needs a classifier with at least 2 classes; the model "
                 f"outputs {n_classes} probability column(s)."
             )
         self.n_classes_ = n_classes

@@ -11,12 +11,12 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from .._docstring import fill_doc
-from .._utils import PrefitModelsMixin, check_finite_array
+from .._utils import DEVICE_CONSTRAINT, PrefitModelsMixin, check_finite_array
 from ..models import ModelAdapter
 
 __all__ = ["BimodelClassifier"]
 
-_MODELS = ("backdoored", "repaired")
+_MODELS = ("model", "repaired_model")
 
 
 @fill_doc
@@ -37,7 +37,8 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
       ``NeuralCleanse().fit(...).flagged_labels_``): the backdoored model
       answers every input and only the inputs it sends to a target label are
       shown to the repaired model (Sec. 4.2.1). The second model's cost is
-      paid for about ``len(target_labels) / n_classes`` of clean traffic.
+      paid for about ``len(target_labels) / n_classes`` of clean traffic
+      (:meth:`cross_examine` says which inputs it saw).
     - **Untargeted mode** (``target_labels=None``): both models answer every
       input (Sec. 4.2.2), for attacks whose target is unknown.
 
@@ -50,11 +51,11 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    backdoored : torch.nn.Module, skorch.NeuralNetClassifier or estimator
+    model : torch.nn.Module, skorch.NeuralNetClassifier or classifier
         The (possibly) backdoored model, fitted. It answers first.
-    repaired : torch.nn.Module, skorch.NeuralNetClassifier or estimator
+    repaired_model : torch.nn.Module, skorch.NeuralNetClassifier or classifier
         The repaired model, fitted, with the same classes (e.g.
-        ``FinePruner().fit(...).repaired_model_``).
+        ``FinePruner().fit(model, X, y).repaired_model_``).
     target_labels : array-like of labels or None, default=None
         The labels an attack targets; ``None`` for untargeted mode.
     reject_label : int, str or None, default=None
@@ -62,11 +63,8 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         number of classes (the label after ``0 .. N-1``), or one more than the
         largest class when that number is already a class, or ``"rejected"``
         for string classes. It must not be one of the classes.
-    batch_size : int, default=256
-        Inputs per forward pass (bounds memory, not the result).
-    device : {"cpu", "cuda", "auto"} or None, default=None
-        Where the forward passes of torch and skorch models run; ``None``
-        keeps each model's own device. The user's models are never moved.
+    {batch_size}
+    {device}
 
     Attributes
     ----------
@@ -74,13 +72,9 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         The classes both models predict.
     reject_label_ : int or str
         The label given to rejected inputs.
-    target_labels_ : ndarray or None
-        The target labels checked against ``classes_`` (``None`` untargeted).
-    second_opinion_rate_ : float
-        Fraction of the inputs of the last :meth:`predict` (or
-        :meth:`cross_examine`) call that were shown to the repaired model:
-        1.0 in untargeted mode, about the target labels' share of the traffic
-        in targeted mode. ``nan`` before any prediction.
+    target_labels_ : list or None
+        The target labels, checked against ``classes_`` and sorted
+        (``None`` in untargeted mode).
 
     See Also
     --------
@@ -114,23 +108,23 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
     >>> bbd.reject_label_
     10
     >>> y_pred = bbd.predict(X[1300:])
-    >>> bool(bbd.second_opinion_rate_ < 0.2)
+    >>> bool(bbd.cross_examine(X[1300:]).asked.mean() < 0.2)
     True
     """
 
     _parameter_constraints = {
-        "backdoored": "no_validation",  # ModelAdapter checks it with its own message
-        "repaired": "no_validation",
+        "model": "no_validation",  # ModelAdapter checks it with its own message
+        "repaired_model": "no_validation",
         "target_labels": ["array-like", None],
         "reject_label": [numbers.Integral, str, None],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [str, None],
+        "device": DEVICE_CONSTRAINT,
     }
 
-    def __init__(self, backdoored, repaired, target_labels=None, reject_label=None,
+    def __init__(self, model, repaired_model, target_labels=None, reject_label=None,
                  batch_size=256, device=None):
-        self.backdoored = backdoored
-        self.repaired = repaired
+        self.model = model
+        self.repaired_model = repaired_model
         self.target_labels = target_labels
         self.reject_label = reject_label
         self.batch_size = batch_size
@@ -175,18 +169,17 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         first, second = classes
         if len(first) != len(second):
             raise ValueError(
-                f"backdoored and repaired in {caller} must predict the same classes; the "
-                f"backdoored model has {len(first)} classes and the repaired one {len(second)}."
+                f"model and repaired_model in {caller} must predict the same classes; "
+                f"model has {len(first)} classes and repaired_model {len(second)}."
             )
         if not np.array_equal(first, second):
             raise ValueError(
-                f"backdoored and repaired in {caller} must predict the same classes in the "
+                f"model and repaired_model in {caller} must predict the same classes in the "
                 f"same order; got {first.tolist()} and {second.tolist()}."
             )
         self.classes_ = first
         self.reject_label_ = self._resolve_reject_label(first)
         self.target_labels_ = self._resolve_targets(first)
-        self.second_opinion_rate_ = float("nan")
         return self
 
     def _resolve_reject_label(self, classes):
@@ -221,7 +214,7 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
                 f"target_labels in {type(self).__name__} must be classes of the models "
                 f"{classes.tolist()}; got {unknown}, which are not."
             )
-        return targets
+        return targets.tolist()
 
     def cross_examine(self, X):
         """Predict and report which inputs the repaired model saw.
@@ -234,10 +227,12 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         Returns
         -------
         result : sklearn.utils.Bunch
-            ``y_pred`` (what :meth:`predict` returns), ``backdoored_pred`` (the
-            backdoored model's label), ``asked`` (bool mask: shown to the
-            repaired model), ``repaired_pred`` (its label where asked, the
-            backdoored model's elsewhere) and ``rejected`` (bool mask).
+            ``y_pred`` (what :meth:`predict` returns), ``model_pred`` (the
+            first model's label), ``asked`` (bool mask: shown to the
+            repaired model; ``asked.mean()`` is the share of the inputs
+            that paid for the second model), ``repaired_pred`` (its label
+            where asked, the first model's elsewhere) and ``rejected``
+            (bool mask).
         """
         check_is_fitted(self, "classes_")
         X = check_finite_array(X, name="X", caller=type(self).__name__)
@@ -257,9 +252,7 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
             y_pred[rejected] = self.reject_label_
         else:
             y_pred = pred1
-        self.second_opinion_rate_ = float(asked.mean())
-        return Bunch(y_pred=y_pred, backdoored_pred=pred1, asked=asked, repaired_pred=pred2,
-                     rejected=rejected)
+        return Bunch(y_pred=y_pred, model_pred=pred1, asked=asked, repaired_pred=pred2, rejected=rejected)
 
     def _argmax(self, adapter, X):
         proba = adapter.predict_proba(X)

@@ -16,15 +16,15 @@ from ..models import ModelAdapter
 __all__ = ["GuardedClassifier"]
 
 
-def _is_fitted(estimator):
+def _is_fitted(model):
     """Whether a model can predict as it is (a module always can)."""
-    adapter = ModelAdapter(estimator, defense="GuardedClassifier")
+    adapter = ModelAdapter(model, defense="GuardedClassifier")
     if adapter.kind == "torch":
         return True
     if adapter.kind == "skorch":
-        return bool(getattr(estimator, "initialized_", False))
+        return bool(getattr(model, "initialized_", False))
     try:
-        check_is_fitted(estimator)
+        check_is_fitted(model)
     except NotFittedError:
         return False
     return True
@@ -44,7 +44,7 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    estimator : torch.nn.Module, skorch.NeuralNetClassifier or classifier
+    model : torch.nn.Module, skorch.NeuralNetClassifier or classifier
         The model that labels accepted inputs. A fitted (prefit) model is used
         as is and never modified; ``clone`` keeps it by reference. An unfitted
         scikit-learn or skorch classifier is cloned and fitted on ``(X, y)``
@@ -52,8 +52,8 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
     detector : detector
         An input-level detector (``fit(X)``, ``predict(X)`` with 1 = flagged), e.g. ``STRIPDetector(model)``. It is cloned
         and fitted on the benign ``X`` given to :meth:`fit` (the parameter
-        itself is left unfitted). If its ``estimator`` parameter is ``None``,
-        the clone guards ``estimator``: ``GuardedClassifier(net,
+        itself is left unfitted). If its ``model`` parameter is ``None``,
+        the clone guards ``model``: ``GuardedClassifier(net,
         STRIPDetector(None))``.
     reject_label : int or str, default=None
         Label answered for flagged inputs. ``None``: the number of classes
@@ -62,8 +62,8 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    estimator_ : object
-        The model used to predict (``estimator`` itself when prefit).
+    model_ : object
+        The model used to predict (``model`` itself when prefit).
     detector_ : detector
         The fitted clone of ``detector``.
     classes_ : ndarray of shape (n_classes + 1,)
@@ -106,29 +106,29 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "estimator": "no_validation",
+        "model": "no_validation",
         "detector": [HasMethods(["fit", "predict"])],
         "reject_label": [Integral, str, None],
     }
 
-    def __init__(self, estimator, detector, *, reject_label=None):
-        self.estimator = estimator
+    def __init__(self, model, detector, *, reject_label=None):
+        self.model = model
         self.detector = detector
         self.reject_label = reject_label
 
     # The model is kept by reference (a fitted net must stay fitted); the
     # detector is cloned (it keeps its own model by reference).
-    _model_params = ("estimator",)
+    _model_params = ("model",)
 
     def fit(self, X, y=None):
-        """Fit the detector on benign inputs (and an unfitted estimator on ``(X, y)``).
+        """Fit the detector on benign inputs (and an unfitted model on ``(X, y)``).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, ...)
             Benign (clean) inputs, such as the defender's hold-out set.
         y : array-like of shape (n_samples,), default=None
-            Class labels: used only to fit an unfitted ``estimator``;
+            Class labels: used only to fit an unfitted ``model``;
             ignored for a prefit one.
 
         Returns
@@ -137,16 +137,16 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
             The fitted classifier.
         """
         self._validate_params()
-        if _is_fitted(self.estimator):
-            self.estimator_ = self.estimator
+        if _is_fitted(self.model):
+            self.model_ = self.model
         else:
             if y is None:
                 raise ValueError(
-                    "GuardedClassifier.fit got an unfitted estimator and y=None; pass the "
-                    "class labels y to fit it, or give a fitted (prefit) estimator."
+                    "GuardedClassifier.fit got an unfitted model and y=None; pass the "
+                    "class labels y to fit it, or give a fitted (prefit) model."
                 )
-            self.estimator_ = clone(self.estimator).fit(X, y)
-        adapter = ModelAdapter(self.estimator_, defense="GuardedClassifier")
+            self.model_ = clone(self.model).fit(X, y)
+        adapter = ModelAdapter(self.model_, defense="GuardedClassifier")
         classes = adapter.classes_
         if classes is None:
             classes = np.arange(adapter.n_classes(X))
@@ -170,8 +170,8 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
 
         detector = clone(self.detector)
         params = detector.get_params(deep=False)
-        if "estimator" in params and params["estimator"] is None:
-            detector.set_params(estimator=self.estimator_)
+        if "model" in params and params["model"] is None:
+            detector.set_params(model=self.model_)
         self.detector_ = detector.fit(X)
         self._adapter = adapter
         return self

@@ -13,7 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._docstring import fill_doc
-from .._utils import check_images, check_label_value, check_labels
+from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels
 from ..metrics import attack_success_rate
 from ..models import ModelAdapter
 from ..triggers import Trigger
@@ -90,26 +90,31 @@ class NeuralCleanse(BaseEstimator):
     Parameters
     ----------
     init_cost : float, default=1e-3
-        Initial weight of the L1 penalty.
+        Weight of the L1 penalty when the optimization starts, the reference
+        code's ``INIT_COST`` (see Notes for where the reference starts it).
     lr : float, default=0.1
-        Adam learning rate (betas (0.5, 0.9) as in the reference code).
+        Adam learning rate, with betas (0.5, 0.9), as in the reference code.
     steps : int, default=100
         Most optimization steps per trigger. One step is one pass over the
-        defender's images in mini-batches of ``batch_size`` (the reference's
-        "epoch"; see ``samples_per_step``); the cost schedule and early
-        stopping act once per step.
+        defender's images in mini-batches of ``train_batch_size`` (the
+        reference's "step"; see ``samples_per_step``); the cost schedule and
+        early stopping act once per step. The reference's GTSRB example
+        runs up to 1000 steps; early stopping ends most labels long before
+        either cap, and 100 keeps a label that never settles affordable.
     attack_success_threshold : float, default=0.99
         Attack success a reversed trigger must reach (on the mini-batches of
-        a step) to count.
+        a step) to count, as in the reference code.
     patience : int, default=5
-        Steps above (below) the threshold before the cost goes up (down).
+        Steps above (below) the threshold before the cost goes up (down),
+        the value of the reference's GTSRB example.
     cost_multiplier : float, default=1.5
         The cost is multiplied by ``cost_multiplier`` when raised and divided
-        by ``cost_multiplier ** 1.5`` when lowered (reference code).
+        by ``cost_multiplier ** 1.5`` when lowered, the reference code's
+        defaults.
     early_stop_patience : int, default=None
         Stop a trigger once the schedule has moved both ways and its best norm
-        has not improved by 1%% for this many steps. ``None`` means
-        ``2 * patience`` (reference code).
+        has not improved by 1% for this many steps. ``None`` means
+        ``2 * patience``, the reference code's default.
     labels : array-like of int, default=None
         Target labels to analyse; ``None`` means all. At least 3 (the MAD).
     pairs : {"all"} or list of (int, int), default=None
@@ -121,11 +126,9 @@ class NeuralCleanse(BaseEstimator):
         ``"fast"`` is the paper's low-cost scheme for many labels (Sec. V-B):
         ``fast_steps`` steps for every label, then the full optimization only
         for the ``fast_top_k`` smallest norms and ``fast_n_random`` other
-        labels drawn at random. The random labels' ratio of full to
-        screening norm puts the screened labels' norms on the full scale, and
-        the median and the MAD come from all labels (the paper takes them
-        from the random labels alone: too few when there are tens of labels).
-        Only fully optimized labels can be flagged.
+        labels drawn at random. Only fully optimized labels can be flagged.
+        The median and the MAD are estimated differently from the paper (see
+        Notes).
     fast_steps : int, default=10
         Steps of the short optimization of ``mode="fast"``.
     fast_top_k : int, default=None
@@ -143,10 +146,10 @@ class NeuralCleanse(BaseEstimator):
         against the other pairs of the same source label. ``"mad"`` is the
         paper's rule (Sec. IV-C): the anomaly index of the raw norms, below
         the median. Deviation from the paper: on models whose clean labels'
-        norms spread widely (28x28 and 32x32 images: a factor 5 between the
-        easiest and the hardest clean label), the MAD of raw norms grows with
-        that spread and hides a target several times smaller than the
-        others; on the log scale a target stands out as a multiplicative
+        norms spread widely (on 28x28 and 32x32 images the hardest clean
+        label can need a trigger several times larger than the easiest), the
+        MAD of raw norms grows with that spread and hides a target several
+        times smaller than the others; on the log scale a target stands out as a multiplicative
         outlier whatever the scale. Chosen on the model zoo's development
         entries (see the zoo page of the user guide). ``anomaly_index_`` and
         ``anomaly_indices_`` are the paper's figures under either rule.
@@ -160,32 +163,32 @@ class NeuralCleanse(BaseEstimator):
         (the problem is a minimization) and the spread of the model-level
         index over restarts is reported in ``restart_anomaly_indices_``.
     label_chunk_size : int, default=None
-        Triggers optimized together in one ``(K, ...)`` tensor (memory
+        Triggers optimized together in one ``(K, ...)`` tensor (a memory
         bound). ``None`` splits them evenly over ``n_jobs`` with at most
-        about ``2**18`` input values per forward pass (all 10 digits labels
-        at once; 2 labels of 3x32x32 images, which ran faster on a CPU than
-        larger chunks); ``1`` is the one-label-at-a-time reference. The
-        result does not depend on it.
-    batch_size : int, default=32
-        Images per trigger in each mini-batch (a forward pass holds up to
-        ``label_chunk_size * batch_size`` images).
+        about ``2**18`` input values per forward pass: every label of small
+        images at once, a few labels of larger ones, whose feature maps
+        would otherwise outgrow a CPU's caches. ``1`` is the
+        one-label-at-a-time reference. The result does not depend on it.
+    train_batch_size : int, default=32
+        Images per trigger in each mini-batch of the optimization, the
+        reference's ``BATCH_SIZE`` (a forward pass holds up to
+        ``label_chunk_size * train_batch_size`` images).
     samples_per_step : int, default=None
         Images drawn per step (rounded up to whole mini-batches). ``None``
-        is one pass over ``X``. The reference's GTSRB example draws 1000 per
-        step whatever the data size, so with a few hundred defender images
-        its cost schedule moves several times slower; ``1000`` reproduces
-        that cadence at several times the cost (on the signs benchmark,
-        seed 1: anomaly index 2.26 instead of 1.88, 211 s instead of ~45 s).
-    %(device)s
-    %(n_jobs)s
+        is one pass over ``X``, so the cost schedule moves at the same pace
+        whatever the number of defender images. The reference's GTSRB
+        example draws 1000 per step whatever the data size; ``1000``
+        reproduces its cadence, at that many images of work per step.
+    {device}
+    {n_jobs}
         Chunks of labels are dispatched to the jobs; seeds are drawn before
         dispatch, so the result does not depend on ``n_jobs``.
-    %(random_state)s
-    %(verbose)s
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
-    triggers_ : dict
+    reversed_triggers_ : dict
         Label (or ``(source, target)`` pair) -> reversed :class:`Trigger`.
     labels_ : ndarray of shape (n_candidates,)
         Target label of each candidate.
@@ -229,6 +232,7 @@ class NeuralCleanse(BaseEstimator):
         Optimization steps run per candidate (summed over restarts and, in
         fast mode, over both phases).
     n_classes_ : int
+        Number of classes of the model.
 
     See Also
     --------
@@ -236,15 +240,30 @@ class NeuralCleanse(BaseEstimator):
 
     Notes
     -----
-    Follows the reference implementation (``bolunwang/backdoor``): 2-D mask
-    shared over the channels, tanh parametrisation of mask and pattern (the
-    pattern spans the data range), Adam (lr 0.1, betas (0.5, 0.9)), cost
-    schedule and early stopping as there. Deviation: without ``y``, the
-    images the model predicts as the target are left out of a target's
-    batches (the reference uses every image); with ``y`` the true labels
-    decide. The triggers of a chunk are optimized as one ``(K, ...)`` tensor
-    with a separate cost schedule each; a trigger that stops early leaves the
-    batch.
+    Follows the reference implementation (``bolunwang/backdoor``,
+    ``visualizer.py``): random initialization, a 2-D mask shared over the
+    channels, tanh parametrisation of mask and pattern, Adam, the cost
+    schedule and early stopping as there. The triggers of a chunk are
+    optimized as one ``(K, ...)`` tensor with a separate cost schedule
+    each; a trigger that stops early leaves the batch. Deviations:
+
+    - the cost starts at ``init_cost``; the reference starts it at 0 and
+      sets it to ``init_cost`` once the trigger has reached the threshold
+      for ``patience`` steps (its ``RESET_COST_TO_ZERO``);
+    - at most ``steps=100`` steps of one pass over ``X`` each, where the
+      reference's example runs up to 1000 steps of 1000 images (see
+      ``steps`` and ``samples_per_step``);
+    - the pattern spans the value range of ``X`` (at least [0, 1]) rather
+      than raw pixel values;
+    - without ``y``, the images the model predicts as the target are left
+      out of a target's batches (the reference uses every image); with
+      ``y`` the true labels decide;
+    - in ``mode="fast"``, Sec. V-B estimates the median and the MAD from
+      the randomly drawn labels alone, a handful of norms with a few dozen
+      labels. Here the random labels ran both phases, so the median of
+      their full / screening norm ratio puts every screened label's norm on
+      the full scale, and the median and the MAD come from all labels, as
+      in full mode.
 
     References
     ----------
@@ -258,9 +277,9 @@ class NeuralCleanse(BaseEstimator):
     >>> from backdoorlearn import NeuralCleanse, SmallCNN
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
-    >>> y = np.arange(40) %% 4
+    >>> y = np.arange(40) % 4
     >>> nc = NeuralCleanse(steps=3, random_state=0).fit(SmallCNN(1, 4), X, y)
-    >>> nc.l1_norms_.shape, sorted(nc.triggers_)
+    >>> nc.l1_norms_.shape, sorted(nc.reversed_triggers_)
     ((4,), [0, 1, 2, 3])
     >>> bool(np.isfinite(nc.anomaly_indices_).all())
     True
@@ -284,9 +303,9 @@ class NeuralCleanse(BaseEstimator):
         "anomaly_threshold": [Interval(numbers.Real, 0, None, closed="left"), None],
         "n_restarts": [Interval(numbers.Integral, 1, None, closed="left")],
         "label_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "samples_per_step": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "device": [str, None],
+        "device": DEVICE_CONSTRAINT,
         "n_jobs": [numbers.Integral, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -295,9 +314,8 @@ class NeuralCleanse(BaseEstimator):
     def __init__(self, init_cost=1e-3, lr=0.1, steps=100, attack_success_threshold=0.99, patience=5,
                  cost_multiplier=1.5, early_stop_patience=None, labels=None, pairs=None, mode="full",
                  fast_steps=10, fast_top_k=None, fast_n_random=None, decision_rule="log-mad",
-                 anomaly_threshold=None,
-                 n_restarts=1, label_chunk_size=None, batch_size=32, samples_per_step=None,
-                 device="cpu", n_jobs=None, random_state=None, verbose=0):
+                 anomaly_threshold=None, n_restarts=1, label_chunk_size=None, train_batch_size=32,
+                 samples_per_step=None, device=None, n_jobs=None, random_state=None, verbose=0):
         self.init_cost = init_cost
         self.lr = lr
         self.steps = steps
@@ -315,7 +333,7 @@ class NeuralCleanse(BaseEstimator):
         self.anomaly_threshold = anomaly_threshold
         self.n_restarts = n_restarts
         self.label_chunk_size = label_chunk_size
-        self.batch_size = batch_size
+        self.train_batch_size = train_batch_size
         self.samples_per_step = samples_per_step
         self.device = device
         self.n_jobs = n_jobs
@@ -342,6 +360,23 @@ class NeuralCleanse(BaseEstimator):
             The fitted inspector.
         """
         self._validate_params()
+        adapter, X, y = self._check_data(model, X, y)
+        candidates = self._candidates(self.n_classes_)
+        pools = [self._pool(c, y) for c in candidates]
+        rng = check_random_state(self.random_state)
+        # Seeds are drawn before any dispatch, so the result does not depend on n_jobs.
+        seeds = rng.randint(0, 2**31 - 1, size=(self.n_restarts, len(candidates)))
+        run = self._run_context(adapter, X, pools)
+        screening, selected, random_part = self._screen(candidates, pools, seeds[0], run, rng)
+        final, per_restart, n_steps = self._reverse(candidates, pools, seeds, selected, screening, run)
+        est_norms = self._score(final, per_restart, screening, selected, random_part)
+        keys = self._record(adapter, X, y, candidates, pools, final, n_steps, screening)
+        self._flag(est_norms, keys)
+        return self
+
+    # ------------------------------------------------------------------ stages of fit
+    def _check_data(self, model, X, y):
+        """The white-box adapter and validated ``X``, ``y`` (predicted labels without ``y``)."""
         name = type(self).__name__
         adapter = ModelAdapter(model, defense=name, device=self.device).require_white_box()
         X = check_images(X, name="X", caller=name, min_samples=2)
@@ -358,64 +393,74 @@ class NeuralCleanse(BaseEstimator):
         else:
             y = check_labels(y, n_samples=X.shape[0], n_classes=n_classes, caller=f"{name}.fit")
         self.n_classes_ = n_classes
-        candidates = self._candidates(n_classes)
-        pools = [self._pool(c, y) for c in candidates]
+        return adapter, X, y
 
-        rng = check_random_state(self.random_state)
+    def _run_context(self, adapter, X, pools):
+        """What every optimization chunk needs: a frozen copy of the model, the data, the settings."""
+        work = adapter.copy()  # the user's module is never touched (requires_grad, device)
+        module = work.runtime_module
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return dict(adapter=work, X=X, cfg=self._config(X, pools), device=work.device)
+
+    def _screen(self, candidates, pools, seeds, run, rng):
+        """``mode="fast"`` (Sec. V-B): a short optimization of every candidate, then the selection.
+
+        Returns the screening results (``None`` in full mode), the candidates
+        to optimize fully (the ``fast_top_k`` smallest screening norms and
+        ``fast_n_random`` others drawn at random) and the random ones.
+        """
         n_cand = len(candidates)
-        seeds = rng.randint(0, 2**31 - 1, size=(self.n_restarts, n_cand))
-        module, log_output = self._runtime(adapter)
-        cfg = self._config(X, pools)
-        run = dict(module=module, log_output=log_output, X=X, cfg=cfg, device=adapter.device)
+        if self.mode != "fast":
+            return None, np.arange(n_cand), None
+        short = self._run_tasks([Task(self._target(c), p, int(s)) for c, p, s in zip(candidates, pools, seeds)],
+                                run, steps=self.fast_steps, desc="fast screening")
+        short_norms = np.array([r.l1_norm for r in short])
+        top_k = min(self.fast_top_k or max(3, math.ceil(0.1 * n_cand)), n_cand)
+        order = np.argsort(short_norms, kind="stable")
+        top = order[:top_k]
+        rest = order[top_k:]
+        n_random = min(self.fast_n_random or max(5, math.ceil(0.2 * n_cand)), rest.size)
+        random_part = np.sort(rng.choice(rest, size=n_random, replace=False)) if n_random else \
+            np.empty(0, dtype=np.int64)
+        return short, np.sort(np.concatenate([top, random_part])), random_part
 
-        n_steps = np.zeros(n_cand, dtype=np.int64)
-        selected = np.arange(n_cand)
-        random_part = None
-        if self.mode == "fast":
-            # Sec. V-B: short optimization for every candidate, then the full one only for
-            # the top-k smallest norms and a random sample (the MAD estimate).
-            short = self._run_tasks([Task(self._target(c), p, int(s))
-                                     for c, p, s in zip(candidates, pools, seeds[0])],
-                                    run, steps=self.fast_steps, desc="fast screening")
-            short_norms = np.array([r.l1_norm for r in short])
-            n_steps += [r.steps for r in short]
-            top_k = self.fast_top_k or max(3, math.ceil(0.1 * n_cand))
-            top_k = min(top_k, n_cand)
-            order = np.argsort(short_norms, kind="stable")
-            top = order[:top_k]
-            rest = order[top_k:]
-            n_random = self.fast_n_random or max(5, math.ceil(0.2 * n_cand))
-            n_random = min(n_random, rest.size)
-            random_part = np.sort(rng.choice(rest, size=n_random, replace=False)) if n_random else \
-                np.empty(0, dtype=np.int64)
-            selected = np.sort(np.concatenate([top, random_part]))
+    def _reverse(self, candidates, pools, seeds, selected, screening, run):
+        """The full optimization of the selected candidates, ``n_restarts`` times each.
+
+        Returns the kept result per candidate (the best restart; the
+        screening result for candidates not selected), the results of each
+        restart, and the steps run per candidate.
+        """
         tasks = [Task(self._target(candidates[i]), pools[i], int(seeds[r, i]))
                  for r in range(self.n_restarts) for i in selected]
         results = self._run_tasks(tasks, run, steps=self.steps, desc="reverse engineering")
         per_restart = [results[r * len(selected):(r + 1) * len(selected)] for r in range(self.n_restarts)]
-
-        final = list(short) if self.mode == "fast" else [None] * n_cand
+        n_steps = np.zeros(len(candidates), dtype=np.int64)
+        final = [None] * len(candidates)
+        if screening is not None:
+            final = list(screening)
+            n_steps += [r.steps for r in screening]
         for j, i in enumerate(selected):
             final[i] = min((rr[j] for rr in per_restart), key=_rank)
             n_steps[i] += sum(rr[j].steps for rr in per_restart)
+        return final, per_restart, n_steps
 
-        fully = np.zeros(n_cand, dtype=bool)
+    def _score(self, final, per_restart, screening, selected, random_part):
+        """The MAD anomaly indices (Sec. IV-C), overall and per restart; returns the full-scale norms."""
+        fully = np.zeros(len(final), dtype=bool)
         fully[selected] = True
         norms = np.array([r.l1_norm for r in final])
-        if self.mode == "fast" and random_part.size >= 3:
-            # Sec. V-B estimates the median and the MAD from the randomly drawn labels
-            # alone. With a few dozen labels that is a handful of norms (8 of 43), and
-            # the fast mode flagged four clean labels beside the target on a 43-label
-            # signs model that the full mode flagged alone. The random labels were
-            # screened too, so their full / screening norm ratio puts every screened
-            # label on the full scale; the median and the MAD then come from all of
-            # them, like the full mode's.
+        ratio = None
+        if screening is not None and random_part.size >= 3:
+            # Deviation from Sec. V-B (see the class Notes): the random labels' full /
+            # screening norm ratio puts the screened labels on the full scale.
+            short_norms = np.array([r.l1_norm for r in screening])
             ratio = float(np.median(norms[random_part] / np.maximum(short_norms[random_part], 1e-12)))
-        else:
-            ratio = None
 
         def scored(label_norms):
-            # Full-scale norms: fully optimized, or screening norm x ratio.
+            # Full-scale norms (fully optimized, or screening norm x ratio) and the reference.
             if ratio is None:
                 return label_norms, label_norms[fully]
             est = np.where(fully, label_norms, short_norms * ratio)
@@ -425,7 +470,7 @@ class NeuralCleanse(BaseEstimator):
         self.anomaly_indices_, self.median_l1_norm_, self.mad_ = mad_anomaly_index(est_norms, reference)
         if self.mad_ == 0:
             warnings.warn("NeuralCleanse: all reference L1 norms are equal (MAD = 0); anomaly "
-                          "indices are 0 or inf.", RuntimeWarning, stacklevel=2)
+                          "indices are 0 or inf.", RuntimeWarning, stacklevel=3)
         restart_idx = []
         for rr in per_restart:
             rn = norms.copy()
@@ -433,25 +478,36 @@ class NeuralCleanse(BaseEstimator):
             est, ref = scored(rn)
             ai, _, _ = mad_anomaly_index(est, ref)
             restart_idx.append(float(ai[np.argmin(est)]))
+        self.restart_anomaly_indices_ = np.array(restart_idx)
+        self.anomaly_index_ = float(self.anomaly_indices_[np.argmin(est_norms)])
+        self.l1_norms_ = norms
+        self.fully_optimized_ = fully
+        return est_norms
 
+    def _record(self, adapter, X, y, candidates, pools, final, n_steps, screening):
+        """The per-candidate attributes: labels, pairs, triggers and their attack success.
+
+        Returns the key of each candidate in ``reversed_triggers_``: its label, or its
+        ``(source, target)`` pair.
+        """
         self.labels_ = np.array([self._target(c) for c in candidates], dtype=np.int64)
         self.pairs_ = np.array(candidates, dtype=np.int64) if self.pairs is not None else None
         keys = [tuple(int(v) for v in c) if self.pairs is not None else int(c) for c in candidates]
-        self.triggers_ = {k: Trigger(r.mask, r.pattern, name=f"reversed {k}") for k, r in zip(keys, final)}
-        self.l1_norms_ = norms
+        self.reversed_triggers_ = {k: Trigger(r.mask, r.pattern, name=f"reversed {k}") for k, r in zip(keys, final)}
         self.reversed_attack_success_ = np.array([
-            self._asr(adapter, X, y, pools[i], self.labels_[i], self.triggers_[keys[i]])
-            for i in range(n_cand)])
-        self.fully_optimized_ = fully
+            self._asr(adapter, X, y, pools[i], self.labels_[i], self.reversed_triggers_[keys[i]])
+            for i in range(len(candidates))])
         self.n_steps_ = n_steps
-        self.anomaly_index_ = float(self.anomaly_indices_[np.argmin(est_norms)])
-        self.restart_anomaly_indices_ = np.array(restart_idx)
-        self.screening_l1_norms_ = short_norms if self.mode == "fast" else None
-        self.decision_scores_ = self._decision_scores(est_norms, candidates)
+        self.screening_l1_norms_ = None if screening is None else np.array([r.l1_norm for r in screening])
+        return keys
+
+    def _flag(self, est_norms, keys):
+        """Flag the candidates whose decision score (``decision_rule``) exceeds the threshold."""
+        self.decision_scores_ = self._decision_scores(est_norms)
         self.decision_threshold_ = float(self.anomaly_threshold if self.anomaly_threshold is not None
                                          else _DEFAULT_THRESHOLD[self.decision_rule])
         # Only fully optimized candidates can be flagged (all of them in full mode).
-        flagged = np.flatnonzero(fully & (self.decision_scores_ > self.decision_threshold_))
+        flagged = np.flatnonzero(self.fully_optimized_ & (self.decision_scores_ > self.decision_threshold_))
         flagged = flagged[np.argsort(-self.decision_scores_[flagged], kind="stable")]
         if self.pairs is not None:
             self.flagged_pairs_ = [keys[i] for i in flagged]
@@ -460,15 +516,14 @@ class NeuralCleanse(BaseEstimator):
             self.flagged_pairs_ = None
             self.flagged_labels_ = [int(self.labels_[i]) for i in flagged]
         self.backdoor_detected_ = bool(flagged.size)
-        return self
 
     # ------------------------------------------------------------------ helpers
-    def _decision_scores(self, est_norms, candidates):
+    def _decision_scores(self, est_norms):
         """The score ``decision_rule`` thresholds: larger = more anomalously small."""
         if self.decision_rule == "mad":
             below = est_norms < self.median_l1_norm_
             return np.where(below, self.anomaly_indices_, -self.anomaly_indices_)
-        groups = [c[0] for c in candidates] if self.pairs is not None else None
+        groups = self.pairs_[:, 0] if self.pairs_ is not None else None
         return log_anomaly_scores(np.maximum(est_norms, 1e-12), groups=groups)
 
     def _candidates(self, n_classes):
@@ -519,24 +574,16 @@ class NeuralCleanse(BaseEstimator):
                              "Neural Cleanse needs some to reverse a trigger.")
         return pool
 
-    def _runtime(self, adapter):
-        work = adapter.copy()  # the user's module is never touched (requires_grad, device)
-        module = work.runtime_module
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        return module, work.outputs_probabilities
-
     def _config(self, X, pools):
         lo = min(0.0, float(X.min()))
         hi = max(1.0, float(X.max()))
-        batch = min(self.batch_size, min(p.size for p in pools))
+        batch = min(self.train_batch_size, min(p.size for p in pools))
         # One step = as many mini-batches as one pass over X takes (or samples_per_step
         # images): the same cadence for the cost schedule whether a trigger's pool is all
         # other labels or one source.
         return dict(
             steps=self.steps, batch=batch,
-            batches_per_step=max(1, math.ceil((self.samples_per_step or len(X)) / self.batch_size)),
+            batches_per_step=max(1, math.ceil((self.samples_per_step or len(X)) / self.train_batch_size)),
             lr=float(self.lr), betas=(0.5, 0.9), init_cost=float(self.init_cost),
             threshold=float(self.attack_success_threshold), patience=int(self.patience),
             multiplier_up=float(self.cost_multiplier),
@@ -551,14 +598,13 @@ class NeuralCleanse(BaseEstimator):
         n_jobs = effective_n_jobs(self.n_jobs)
         size = self.label_chunk_size
         if size is None:
-            # Auto: split over the jobs, and bound one forward pass to ~2**18 input values.
-            # On a CPU, bigger batches of large images run slower per image (measured on
-            # the 3x32x32 signs model: 10 labels at once 0.8x, chunks of 2 labels 1.2-1.4x
-            # the speed of one label at a time); small images are batched whole.
+            # Split over the jobs, and bound one forward pass to about _FORWARD_BUDGET input
+            # values: on a CPU, larger batches of large images run slower per image (their
+            # feature maps leave the caches); small images are batched whole.
             per_task = cfg["batch"] * int(np.prod(run["X"].shape[1:]))
             size = min(math.ceil(len(tasks) / n_jobs), max(1, _FORWARD_BUDGET // per_task))
         chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-        args = [(run["module"], run["log_output"], run["X"], chunk, cfg, run["device"], self.verbose,
+        args = [(run["adapter"], run["X"], chunk, cfg, run["device"], self.verbose,
                  f"{desc} {k + 1}/{len(chunks)}") for k, chunk in enumerate(chunks)]
         if n_jobs > 1 and len(chunks) > 1:
             out = Parallel(n_jobs=self.n_jobs)(delayed(_run_chunk)(*a) for a in args)
@@ -577,13 +623,7 @@ def _rank(result):
     return (not result.reached, result.l1_norm)
 
 
-def _run_chunk(module, log_output, X, tasks, cfg, device, verbose, desc):
-    import torch
-
-    def model(x):
-        out = module(x)
-        return torch.log(out.clamp_min(1e-12)) if log_output else out
-
+def _run_chunk(adapter, X, tasks, cfg, device, verbose, desc):
     bar = None
     if verbose:
         from tqdm.auto import tqdm
@@ -595,7 +635,7 @@ def _run_chunk(module, log_output, X, tasks, cfg, device, verbose, desc):
         bar.set_postfix(active=n_active)
 
     try:
-        return reverse_chunk(model, X, tasks, cfg, device=device,
+        return reverse_chunk(adapter.forward_logits, X, tasks, cfg, device=device,
                              progress=progress if bar is not None else None)
     finally:
         if bar is not None:

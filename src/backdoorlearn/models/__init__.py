@@ -1,9 +1,11 @@
-"""How backdoorlearn holds a model: the adapter and the reference networks."""
+"""How backdoorlearn holds, builds, trains and cuts a model."""
 
-from ._adapter import ModelAdapter, build_net, eval_mode, model_fingerprint, wrap_module
+from ._adapter import ModelAdapter, eval_mode, model_fingerprint
 from ._architectures import MLP, ResidualCNN, VGGStyleCNN
 from ._deepid import DeepID
 from ._io import load_keras_h5, load_model, load_weights, save_weights
+from ._surgery import UnitMask
+from ._training import build_net, train_classifier, wrap_module
 from ._zoo import SmallCNN
 
 __all__ = [
@@ -13,6 +15,7 @@ __all__ = [
     "VGGStyleCNN",
     "ModelAdapter",
     "SmallCNN",
+    "UnitMask",
     "build_net",
     "eval_mode",
     "load_keras_h5",
@@ -20,5 +23,6 @@ __all__ = [
     "load_weights",
     "model_fingerprint",
     "save_weights",
+    "train_classifier",
     "wrap_module",
 ]

@@ -17,14 +17,10 @@ import torch
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from .._utils import check_finite_array, resolve_device
+from .._utils import check_finite_array, module_device, resolve_device
+from ._training import wrap_module
 
-__all__ = [
-    "ModelAdapter",
-    "build_net",
-    "model_fingerprint",
-    "wrap_module",
-]
+__all__ = ["ModelAdapter", "eval_mode", "model_fingerprint"]
 
 _WHITE_BOX_NEEDS = (
     "a white-box model: a torch.nn.Module returning logits or a skorch "
@@ -62,6 +58,12 @@ def eval_mode(module):
     Parameters
     ----------
     module : nn.Module
+        The network.
+
+    Yields
+    ------
+    module : nn.Module
+        The same network, in eval mode until the block ends.
 
     Examples
     --------
@@ -82,16 +84,13 @@ def eval_mode(module):
             m.training = flag
 
 
-def _module_device(module):
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 class ModelAdapter:
     """One interface to a classifier held as a module, a skorch net or an estimator.
+
+    A defense never asks which kind of model it was given: it asks the
+    adapter for probabilities, logits, layers or activations, batched, numpy
+    in and numpy out. White-box operations (logits, layers, activations)
+    raise a ``TypeError`` naming the defense for a black-box estimator.
 
     Parameters
     ----------
@@ -101,19 +100,24 @@ class ModelAdapter:
         the black-box defenses accept it).
     defense : str, default=None
         Name of the defense using the adapter, used in error messages.
-    device : {"cpu", "cuda", "auto"} or None, default=None
+    device : str, torch.device or None, default=None
         Where tensor work runs. ``None`` keeps a module's own device (a
         skorch net's ``device``). When it differs from where the user's
         module lives, the adapter works on a copy: the user's module is
         never moved.
     batch_size : int, default=256
-        Batch size of the forward passes.
+        Inputs per forward pass.
 
     Attributes
     ----------
     kind : {"torch", "skorch", "sklearn"}
+        How the model is held.
     model : object
         The model as given (never modified).
+
+    See Also
+    --------
+    wrap_module : Turn a trained module into a fitted skorch net.
 
     Examples
     --------
@@ -138,10 +142,17 @@ class ModelAdapter:
     # ---------------------------------------------------------------- identity
     @property
     def is_white_box(self):
+        """Whether the model is a torch module or a skorch net (not a black box)."""
         return self.kind in ("torch", "skorch")
 
     def require_white_box(self):
-        """Raise a ``TypeError`` naming the defense unless the model is white box."""
+        """Raise a ``TypeError`` naming the defense unless the model is white box.
+
+        Returns
+        -------
+        self : ModelAdapter
+            The adapter, for chaining.
+        """
         if not self.is_white_box:
             who = self.defense or "This operation"
             raise TypeError(
@@ -173,7 +184,7 @@ class ModelAdapter:
         if self.kind == "skorch":
             return resolve_device(getattr(self.model, "device", "cpu") or "cpu")
         if self.kind == "torch":
-            return str(_module_device(self.model))
+            return str(module_device(self.model))
         return "cpu"
 
     @property
@@ -185,8 +196,8 @@ class ModelAdapter:
         """
         module = self.module
         target = torch.device(self.device)
-        if _module_device(module).type == target.type and (
-            target.index is None or _module_device(module) == target
+        if module_device(module).type == target.type and (
+            target.index is None or module_device(module) == target
         ):
             return module
         if self._runtime is None:
@@ -209,10 +220,21 @@ class ModelAdapter:
             yield X[start : start + bs]
 
     def forward_logits(self, xb):
-        """Logits of a tensor batch already on :attr:`device` (no grad handling).
+        """Compute the logits of a tensor batch already on :attr:`device` (no grad handling).
 
         For use inside defenses' own torch loops; the module must be in eval
-        mode (see :meth:`eval`).
+        mode (see :meth:`eval`). A skorch net trained with ``NLLLoss`` returns
+        probabilities; their logarithm is returned instead.
+
+        Parameters
+        ----------
+        xb : torch.Tensor of shape (n, ...)
+            Inputs on :attr:`device`.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n, n_classes)
+            Attached to the graph when ``xb`` requires grad.
         """
         out = self.runtime_module(xb)
         if self.outputs_probabilities:
@@ -220,7 +242,13 @@ class ModelAdapter:
         return out
 
     def eval(self):
-        """Context manager: the runtime module in eval mode, flags restored after."""
+        """Put the runtime module in eval mode for a block, flags restored after.
+
+        Returns
+        -------
+        context : contextmanager
+            See :func:`eval_mode`.
+        """
         return eval_mode(self.runtime_module)
 
     def _run(self, X, fn, batch_size=None):
@@ -235,11 +263,38 @@ class ModelAdapter:
         return np.concatenate(outs, axis=0)
 
     def logits(self, X, batch_size=None):
-        """Logits for ``X`` as a numpy array (white box only)."""
+        """Compute logits for ``X`` as a numpy array (white box only).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Inputs of the shape the model takes.
+        batch_size : int, default=None
+            Inputs per forward pass; ``None`` is the adapter's.
+
+        Returns
+        -------
+        logits : ndarray of shape (n_samples, n_classes)
+            The model's logits, float32.
+        """
         return self._run(X, self.forward_logits, batch_size)
 
     def predict_proba(self, X, batch_size=None):
-        """Class probabilities for ``X``, batched, numpy in and numpy out."""
+        """Compute class probabilities for ``X``, batched, numpy in and numpy out.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Inputs of the shape the model takes.
+        batch_size : int, default=None
+            Inputs per forward pass; ``None`` is the adapter's (at least 1024
+            rows per call for a black-box estimator).
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            The probabilities, float32 (the softmax of a module's logits).
+        """
         if self.kind == "sklearn":
             X = check_finite_array(X, name="X", caller=self.defense)
             bs = batch_size or self.batch_size
@@ -248,10 +303,21 @@ class ModelAdapter:
         return self._run(X, lambda t: torch.softmax(self.forward_logits(t), dim=1), batch_size)
 
     def predict(self, X, batch_size=None):
-        """Predicted class index for ``X``.
+        """Predict the class of each input of ``X``.
 
-        For a black-box estimator whose ``classes_`` are not ``0..K-1`` this is
-        the estimator's own label, looked up in ``classes_``.
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Inputs of the shape the model takes.
+        batch_size : int, default=None
+            Inputs per forward pass; ``None`` is the adapter's.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            The index of the most probable class; for a model whose
+            ``classes_`` are not ``0..K-1``, its own label, looked up in
+            ``classes_``.
         """
         idx = self.predict_proba(X, batch_size).argmax(axis=1)
         classes = self.classes_
@@ -273,7 +339,19 @@ class ModelAdapter:
         return None if classes is None else np.asarray(classes)
 
     def n_classes(self, X_sample=None):
-        """Number of classes: from ``classes_`` or one forward pass of ``X_sample``."""
+        """Count the classes: from ``classes_`` or one forward pass of ``X_sample``.
+
+        Parameters
+        ----------
+        X_sample : array-like of shape (n, ...), default=None
+            Inputs, of which the first is passed through a model that does
+            not know its classes.
+
+        Returns
+        -------
+        n_classes : int
+            Number of classes.
+        """
         classes = self.classes_
         if classes is not None:
             return len(classes)
@@ -286,11 +364,34 @@ class ModelAdapter:
 
     # ---------------------------------------------------------------- layers
     def named_layers(self):
-        """Ordered mapping of layer name to submodule (white box only)."""
+        """List the layers of the user's module (white box only).
+
+        Returns
+        -------
+        layers : OrderedDict of str to nn.Module
+            Layer name to submodule, in definition order.
+        """
         return OrderedDict((n, m) for n, m in self.module.named_modules() if n)
 
     def get_layer(self, name, *, types=None, what="layer", param="layer"):
-        """Look a layer up by name with a clear error; optionally check its type."""
+        """Look a layer up by name with a clear error; optionally check its type.
+
+        Parameters
+        ----------
+        name : str
+            The layer's name in :meth:`named_layers`.
+        types : type or tuple of type, default=None
+            Layer classes accepted; ``None`` accepts any.
+        what : str, default="layer"
+            What the layer must be, in the error message.
+        param : str, default="layer"
+            The parameter that named the layer, in the error message.
+
+        Returns
+        -------
+        layer : nn.Module
+            The submodule.
+        """
         layers = self.named_layers()
         if name not in layers:
             raise ValueError(
@@ -305,7 +406,13 @@ class ModelAdapter:
         return layer
 
     def default_conv_layer(self):
-        """The last convolution: ``module.last_conv_name`` or the last ``nn.Conv2d``."""
+        """Name the last convolution: ``module.last_conv_name`` or the last ``nn.Conv2d``.
+
+        Returns
+        -------
+        name : str
+            The layer's name.
+        """
         name = getattr(self.module, "last_conv_name", None)
         if name:
             return name
@@ -315,7 +422,13 @@ class ModelAdapter:
         return convs[-1]
 
     def default_penultimate_layer(self):
-        """``module.penultimate_name``, else the layer before the last ``nn.Linear``."""
+        """Name the penultimate layer: ``module.penultimate_name``, else the layer before the last ``nn.Linear``.
+
+        Returns
+        -------
+        name : str
+            The layer's name.
+        """
         name = getattr(self.module, "penultimate_name", None)
         if name:
             return name
@@ -327,10 +440,18 @@ class ModelAdapter:
 
     @contextlib.contextmanager
     def capture(self, layer):
-        """Context manager collecting the output tensors of ``layer`` on the runtime module.
+        """Collect the output tensors of ``layer`` on the runtime module during a block.
 
-        Yields a list that each forward pass appends its output to (still
-        attached to the graph, so gradient-based defenses can use it).
+        Parameters
+        ----------
+        layer : str
+            The layer's name.
+
+        Yields
+        ------
+        store : list of torch.Tensor
+            Each forward pass appends the layer's output (still attached to
+            the graph, so gradient-based defenses can use it).
         """
         self.get_layer(layer)
         target = dict(self.runtime_module.named_modules())[layer]
@@ -342,14 +463,35 @@ class ModelAdapter:
             handle.remove()
 
     def activations(self, X, layer, batch_size=None):
-        """Outputs of ``layer`` for ``X`` as a numpy array (forward hooks, batched)."""
+        """Compute the outputs of ``layer`` for ``X`` (forward hooks, batched).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Inputs of the shape the model takes.
+        layer : str
+            The layer's name.
+        batch_size : int, default=None
+            Inputs per forward pass; ``None`` is the adapter's.
+
+        Returns
+        -------
+        activations : ndarray of shape (n_samples, ...)
+            The layer's output, float32.
+        """
         with self.capture(layer) as store:
             self.logits(X, batch_size)
         return torch.cat([s.detach().float().cpu() for s in store], dim=0).numpy()
 
     # ---------------------------------------------------------------- copies and nets
     def copy(self):
-        """A :class:`ModelAdapter` around a deep copy of the model."""
+        """Copy the model deeply and wrap the copy in a new adapter.
+
+        Returns
+        -------
+        adapter : ModelAdapter
+            Same device and batch size, around the copy.
+        """
         return ModelAdapter(
             _deepcopy(self.model),
             defense=self.defense,
@@ -358,11 +500,32 @@ class ModelAdapter:
         )
 
     def module_copy(self):
-        """A deep copy of the torch module, on :attr:`device`."""
+        """Copy the torch module deeply, onto :attr:`device`.
+
+        Returns
+        -------
+        module : nn.Module
+            The copy.
+        """
         return _deepcopy(self.module).to(torch.device(self.device))
 
     def to_net(self, module=None, classes=None, **net_params):
-        """Wrap ``module`` (default: a copy of this model's) into a fitted skorch net."""
+        """Wrap ``module`` (default: a copy of this model's) into a fitted skorch net.
+
+        Parameters
+        ----------
+        module : nn.Module, default=None
+            The network; ``None`` is :meth:`module_copy`.
+        classes : array-like, default=None
+            Its classes; ``None`` is this model's ``classes_``.
+        **net_params : dict
+            Passed to :func:`wrap_module`.
+
+        Returns
+        -------
+        net : skorch.NeuralNetClassifier
+            Initialized, on :attr:`device`.
+        """
         module = self.module_copy() if module is None else module
         if classes is None:
             classes = self.classes_
@@ -389,126 +552,19 @@ def _deepcopy(model):
     return copied
 
 
-def build_net(
-    module,
-    *,
-    classes=None,
-    max_epochs=10,
-    lr=1e-3,
-    batch_size=64,
-    device="cpu",
-    optimizer=torch.optim.Adam,
-    verbose=0,
-    callbacks=None,
-    **kwargs,
-):
-    """An (unfitted) skorch ``NeuralNetClassifier`` set up the way backdoorlearn trains.
-
-    Cross-entropy on logits (so ``predict_proba`` is the softmax of the
-    module's output), Adam, no internal validation split, and a one-line tqdm
-    progress bar over epochs when ``verbose``.
-
-    Parameters
-    ----------
-    module : nn.Module instance or class
-        The network; an instance is trained as is (not re-initialized).
-    classes : array-like, default=None
-        The class labels, so a net that is only initialized still knows them.
-    max_epochs, lr, batch_size : int, float, int
-        Training budget.
-    device : str, default="cpu"
-    optimizer : torch optimizer class, default=torch.optim.Adam
-    verbose : int, default=0
-        0 is silent; 1 shows a progress bar over epochs.
-    callbacks : list, default=None
-        Extra skorch callbacks.
-    **kwargs
-        Passed to ``NeuralNetClassifier``.
-
-    Returns
-    -------
-    net : skorch.NeuralNetClassifier
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from backdoorlearn.models import SmallCNN, build_net
-    >>> net = build_net(SmallCNN(1, 3), classes=range(3), max_epochs=1)
-    >>> X = np.random.default_rng(0).random((12, 1, 8, 8), dtype=np.float32)
-    >>> net.fit(X, np.arange(12) % 3).predict(X).shape
-    (12,)
-    """
-    from skorch import NeuralNetClassifier
-
-    from ._progress import EpochProgressBar
-
-    cbs = list(callbacks or [])
-    if verbose:
-        cbs.append(("progress", EpochProgressBar()))
-    return NeuralNetClassifier(
-        module,
-        criterion=nn.CrossEntropyLoss,
-        optimizer=optimizer,
-        lr=lr,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        train_split=None,
-        iterator_train__shuffle=True,
-        classes=None if classes is None else list(np.asarray(classes).tolist()),
-        device=resolve_device(device),
-        callbacks=cbs or None,
-        verbose=0,
-        **kwargs,
-    )
-
-
-def wrap_module(module, classes, *, device="cpu", **net_params):
-    """Wrap a trained torch module into a fitted skorch ``NeuralNetClassifier``.
-
-    The module is used as is (no re-initialization, no copy): the returned
-    net predicts exactly what the module does, with softmax probabilities, and
-    supports ``predict``, ``predict_proba``, ``score``, further ``partial_fit``
-    and joblib persistence.
-
-    Parameters
-    ----------
-    module : nn.Module
-        A trained network returning logits.
-    classes : array-like
-        Class labels, in the order of the module's outputs.
-    device : str, default="cpu"
-    **net_params
-        Passed to :func:`build_net` (``lr``, ``batch_size``, ...).
-
-    Returns
-    -------
-    net : skorch.NeuralNetClassifier, initialized, with ``classes_`` set.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from backdoorlearn.models import SmallCNN, wrap_module
-    >>> net = wrap_module(SmallCNN(1, 10), classes=range(10))
-    >>> net.predict(np.zeros((2, 1, 8, 8), dtype=np.float32)).shape
-    (2,)
-    """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}.")
-    net = build_net(module, classes=classes, device=device, **net_params)
-    net.initialize()
-    return net
-
 
 def model_fingerprint(model):
-    """SHA-256 of a model's state dict (torch module or skorch net), for "unchanged" checks.
+    """Hash a model's state dict (torch module or skorch net) with SHA-256, for "unchanged" checks.
 
     Parameters
     ----------
     model : nn.Module or skorch.NeuralNet
+        The model.
 
     Returns
     -------
     digest : str
+        Hexadecimal digest of the parameter and buffer names and values.
 
     Examples
     --------

@@ -42,6 +42,10 @@ class SmallCNN(nn.Module):
     penultimate_name : str
         Name of the penultimate layer (``"penultimate"``).
 
+    See Also
+    --------
+    backdoorlearn.models.train_classifier : Train it through skorch, seeded locally.
+
     Examples
     --------
     >>> import torch
@@ -79,13 +83,24 @@ class SmallCNN(nn.Module):
         self.penultimate_name = "penultimate"
 
     def forward(self, x):
+        """Compute the logits of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, in_channels, H, W)
+            Images.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n, n_classes)
+            One score per class.
+        """
         for name in self._blocks:
             x = getattr(self, name)(x)
         size = self.gap.output_size
         if tuple(x.shape[-2:]) != ((size, size) if isinstance(size, int) else tuple(size)):
             # An adaptive pooling to the size the map already has is the identity, but
-            # its CPU kernels (and their backward) are slow: Neural Cleanse's batched
-            # reverse engineering spent a sixth of its time there on the 8x8 digits.
+            # its CPU kernels (and their backward) are slow: skip it.
             x = self.gap(x)
         x = torch.flatten(x, 1)
         return self.classifier(self.penultimate(self.fc1(x)))

@@ -32,8 +32,16 @@ class PruningCurveDisplay:
     Attributes
     ----------
     ax_ : matplotlib Axes
+        The axes drawn on.
     figure_ : matplotlib Figure
+        The figure holding ``ax_``.
     lines_ : dict of str to Line2D
+        The curves drawn, by label.
+
+    See Also
+    --------
+    backdoorlearn.FinePruner : Records the curve of fine-pruning.
+    backdoorlearn.NeuronPruner : Records the curve of neuron pruning.
 
     Examples
     --------
@@ -59,7 +67,21 @@ class PruningCurveDisplay:
 
     @classmethod
     def from_curve(cls, curve, **kwargs):
-        """From a ``pruning_curve_`` Bunch (``prune_ratio``, ``clean_accuracy``, ``attack_success``)."""
+        """Build the display from a ``pruning_curve_`` Bunch, without plotting.
+
+        Parameters
+        ----------
+        curve : Bunch or dict
+            ``prune_ratio``, ``clean_accuracy`` and optionally
+            ``attack_success``.
+        **kwargs : dict
+            ``chosen_ratio`` and ``name``, as in the constructor.
+
+        Returns
+        -------
+        display : PruningCurveDisplay
+            Not yet plotted.
+        """
         return cls(curve["prune_ratio"], curve["clean_accuracy"], curve.get("attack_success"), **kwargs)
 
     @classmethod
@@ -102,6 +124,7 @@ class PruningCurveDisplay:
         Returns
         -------
         self : PruningCurveDisplay
+            With ``ax_``, ``figure_`` and ``lines_`` set.
         """
         import matplotlib.pyplot as plt
 

@@ -38,7 +38,13 @@ class TriggerDisplay:
     Attributes
     ----------
     ax_ : ndarray of matplotlib Axes
+        One axis per panel.
     figure_ : matplotlib Figure
+        The figure holding them.
+
+    See Also
+    --------
+    backdoorlearn.NeuralCleanse : Reverses the triggers drawn here.
 
     Examples
     --------
@@ -81,14 +87,14 @@ class TriggerDisplay:
         -------
         display : TriggerDisplay
         """
-        check_is_fitted(estimator, "triggers_")
-        keys = list(estimator.triggers_)
+        check_is_fitted(estimator, "reversed_triggers_")
+        keys = list(estimator.reversed_triggers_)
         norms = dict(zip(keys, estimator.l1_norms_))
         indices = dict(zip(keys, estimator.anomaly_indices_))
         if labels is None:
             labels = sorted(keys, key=lambda k: norms[k])[:10] if len(keys) > 10 else keys
         flagged = estimator.flagged_pairs_ if estimator.flagged_pairs_ is not None else estimator.flagged_labels_
-        disp = cls({k: estimator.triggers_[k] for k in labels}, {k: norms[k] for k in labels},
+        disp = cls({k: estimator.reversed_triggers_[k] for k in labels}, {k: norms[k] for k in labels},
                    {k: indices[k] for k in labels}, list(flagged), original=original)
         return disp.plot(ax=ax) if plot else disp
 

@@ -1,8 +1,8 @@
 """Repairs that return a clean model: pruning, fine-pruning, unlearning."""
 
-from ._base import UnitMask
+from ._base import BaseRepair
 from ._fine_pruning import FinePruner
 from ._neuron_pruning import NeuronPruner
 from ._unlearning import Unlearner
 
-__all__ = ["FinePruner", "NeuronPruner", "Unlearner", "UnitMask"]
+__all__ = ["BaseRepair", "FinePruner", "NeuronPruner", "Unlearner"]

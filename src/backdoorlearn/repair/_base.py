@@ -1,241 +1,261 @@
-"""Plumbing shared by the repairs: model and data checks, unit masks, fine-tuning.
-
-A repair works on a deep copy of the user's module and hands back a fitted
-skorch ``NeuralNetClassifier``. Pruned units (convolution channels or linear
-neurons) are removed by zeroing their weights and bias, so the architecture
-and the ``state_dict`` keys are unchanged and a saved, reloaded or pickled
-model stays pruned; :class:`UnitMask` keeps them at zero while skorch
-fine-tunes the network (and during any later ``partial_fit``).
-"""
+"""The template of the repairs and the pruning search two of them share."""
 
 from __future__ import annotations
 
-import contextlib
+from abc import ABCMeta, abstractmethod
 
 import numpy as np
-import torch
-from skorch.callbacks import Callback
-from torch import nn
+from sklearn.base import BaseEstimator
+from sklearn.utils import Bunch
+from sklearn.utils.validation import check_is_fitted
 
-from .._utils import check_images, check_labels, seeded
-from ..models import ModelAdapter, build_net
+from .._utils import check_images, check_labels
+from ..metrics import attack_success_rate, clean_accuracy
+from ..models import ModelAdapter
+from ..models._surgery import UnitMask, masked_units, zero_units
 
-__all__ = ["UnitMask", "zero_units"]
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_UNITS = _CONV + (nn.Linear,)
-
-
-def prepare(model, X, y, *, defense, device, batch_size, y_required=True):
-    """White-box adapter on the user's model, checked images and labels, classes."""
-    adapter = ModelAdapter(model, defense=defense, device=device, batch_size=batch_size)
-    adapter.require_white_box()
-    X = check_images(X, name="X", caller=defense)
-    classes = adapter.classes_
-    n_classes = len(classes) if classes is not None else adapter.n_classes(X[:1])
-    if classes is None:
-        classes = np.arange(n_classes)
-    if y is None and not y_required:
-        return adapter, X, None, classes
-    y = check_labels(y, n_samples=len(X), n_classes=n_classes, caller=defense)
-    return adapter, X, y, classes
+__all__ = ["BaseRepair", "PruningSearch", "bisect_first"]
 
 
-def resolve_layer(adapter, layer, *, types=_CONV, what="convolution (nn.Conv2d)"):
-    """The layer name to prune: ``layer`` checked, or the model's last convolution."""
-    name = adapter.default_conv_layer() if layer is None else layer
-    adapter.get_layer(name, types=types, what=what, param="layer")
-    return name
+class BaseRepair(BaseEstimator, metaclass=ABCMeta):
+    """Base class of the repairs: ``fit(model, X, y)`` puts a repaired copy in ``repaired_model_``.
 
+    It owns the public methods: :meth:`fit` validates the parameters, wraps
+    the model in a white-box :class:`~backdoorlearn.models.ModelAdapter`
+    (a black box gets a ``TypeError`` naming the repair), checks the images
+    and their labels against the model's classes, and hands them to the one
+    hook a repair implements:
 
-def unit_activations(adapter, X, layer):
-    """Per-sample activation of each unit of ``layer``, shape ``(n_samples, n_units)``.
+    - ``_repair(adapter, X, y, classes, **fit_params)``: repair a copy of
+      ``adapter``'s model (never the model itself), set the repair's own
+      fitted attributes and return the repaired network as a fitted skorch
+      ``NeuralNetClassifier``.
 
-    The positive part of the layer's output (what the following ReLU passes
-    on), averaged over the spatial positions of a convolution's feature map.
+    :meth:`predict`, :meth:`predict_proba` and :meth:`score` delegate to
+    ``repaired_model_``. A repair needs ``batch_size`` and ``device``
+    parameters; the pruning repairs search the amount of pruning with
+    ``PruningSearch`` and record it with ``_record_pruning``.
+
+    The shape is that of a model-level tool, ``fit(model, X, y)``, not of a
+    scikit-learn classifier (``fit(X, y)``): a repair does not go into
+    ``GridSearchCV`` or ``Pipeline`` itself; its ``repaired_model_`` does.
+
+    See Also
+    --------
+    backdoorlearn.FinePruner : Fine-Pruning.
+    backdoorlearn.NeuronPruner : Neural Cleanse's neuron pruning.
+    backdoorlearn.Unlearner : Neural Cleanse's unlearning.
+
+    Examples
+    --------
+    A repair that hands back an unchanged copy:
+
+    >>> import numpy as np
+    >>> from backdoorlearn import SmallCNN
+    >>> from backdoorlearn.repair import BaseRepair
+    >>> class Copy(BaseRepair):
+    ...     _parameter_constraints = {}
+    ...     def __init__(self, batch_size=256, device=None):
+    ...         self.batch_size = batch_size
+    ...         self.device = device
+    ...     def _repair(self, adapter, X, y, classes):
+    ...         return adapter.to_net(classes=classes)
+    >>> X = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    >>> repair = Copy().fit(SmallCNN(1, 4), X, np.arange(20) % 4)
+    >>> repair.predict(X[:3]).shape
+    (3,)
     """
-    acts = adapter.activations(X, layer)
-    acts = np.maximum(acts, 0)
-    if acts.ndim > 2:
-        acts = acts.reshape(acts.shape[0], acts.shape[1], -1).mean(axis=2)
-    return acts
+
+    @abstractmethod
+    def _repair(self, adapter, X, y, classes, **fit_params):
+        """Repair a copy of ``adapter``'s model on validated ``X``, ``y``; return the repaired net."""
+
+    def fit(self, model, X, y):
+        """Repair a copy of ``model`` with the defender's clean data ``X``, ``y``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module or skorch.NeuralNetClassifier
+            The (possibly backdoored) classifier; never modified.
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            The defender's clean images.
+        y : array-like of shape (n_samples,)
+            Their labels.
+
+        Returns
+        -------
+        self : object
+            The fitted repair.
+        """
+        return self._fit(model, X, y)
+
+    def _fit(self, model, X, y, **fit_params):
+        self._validate_params()
+        name = type(self).__name__
+        adapter = ModelAdapter(model, defense=name, device=self.device, batch_size=self.batch_size)
+        adapter.require_white_box()
+        X = check_images(X, name="X", caller=name)
+        classes = adapter.classes_
+        n_classes = len(classes) if classes is not None else adapter.n_classes(X[:1])
+        if classes is None:
+            classes = np.arange(n_classes)
+        y = check_labels(y, n_samples=len(X), n_classes=n_classes, caller=name)
+        self.repaired_model_ = self._repair(adapter, X, y, classes, **fit_params)
+        self.input_shape_ = tuple(X.shape[1:])
+        return self
+
+    def _check_X(self, X):
+        check_is_fitted(self, "repaired_model_")
+        return check_images(X, name="X", caller=type(self).__name__, image_shape=self.input_shape_)
+
+    def predict(self, X):
+        """Class labels predicted by the repaired model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images of the shape seen at fit.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            What ``repaired_model_.predict`` returns.
+        """
+        X = self._check_X(X)
+        return self.repaired_model_.predict(X)
+
+    def predict_proba(self, X):
+        """Class probabilities of the repaired model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images of the shape seen at fit.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            What ``repaired_model_.predict_proba`` returns.
+        """
+        X = self._check_X(X)
+        return self.repaired_model_.predict_proba(X)
+
+    def score(self, X, y):
+        """Clean accuracy of the repaired model on ``X``, ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images of the shape seen at fit.
+        y : array-like of shape (n_samples,)
+            Their true labels.
+
+        Returns
+        -------
+        score : float
+            :func:`~backdoorlearn.metrics.clean_accuracy` of :meth:`predict`.
+        """
+        return clean_accuracy(y, self.predict(X))
+
+    def _record_pruning(self, search, k):
+        """Set the fitted attributes every pruning repair shares, for ``k`` units pruned."""
+        n_units = len(search.order)
+        self.layer_ = search.layer
+        self.unit_order_ = search.order
+        self.pruned_units_ = search.order[:k]
+        self.prune_ratio_ = k / n_units
+        self.accuracy_before_, _ = search(0)
+        self.accuracy_pruned_, self.attack_success_pruned_ = search(k)
+        self.pruning_curve_ = search.curve()
 
 
-@contextlib.contextmanager
-def masked_units(adapter, layer, units):
-    """Zero the outputs of ``units`` of ``layer`` on the adapter's runtime module.
+def bisect_first(n_max, done):
+    """Smallest ``k`` in ``[0, n_max]`` with ``done(k)``, or ``None``.
 
-    Used to evaluate a pruning candidate without copying weights; the result
-    equals zeroing the units' weights and bias.
+    Assumes ``done`` is monotone (false up to some ``k``, true from there):
+    ``done(0)`` and ``done(n_max)`` are evaluated first, then about
+    ``log2(n_max)`` points in between.
     """
-    units = np.asarray(units, dtype=np.int64)
-    target = dict(adapter.runtime_module.named_modules())[layer]
-
-    def hook(_module, _inputs, out):
-        if len(units) == 0:
-            return out
-        out = out.clone()
-        out[:, torch.as_tensor(units, device=out.device)] = 0
-        return out
-
-    handle = target.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    if done(0):
+        return 0
+    if not done(n_max):
+        return None
+    lo, hi = 0, n_max
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if done(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
-def zero_units(module, layer, units):
-    """Prune ``units`` of ``layer`` in ``module`` in place: zero their weights and bias.
+class PruningSearch:
+    """Clean accuracy and attack success of a model with its first ``k`` units pruned.
+
+    Evaluates the adapter's model with the first ``k`` units of ``order``
+    masked (forward hooks, no weight copy), once per ``k``: the
+    evaluated points make the pruning curve.
 
     Parameters
     ----------
-    module : nn.Module
+    adapter : ModelAdapter
+        A copy of the user's model (hooks go on its runtime module).
     layer : str
-        Name of a convolution or linear layer of ``module``.
-    units : array-like of int
-        Output channels (convolution) or neurons (linear layer) to prune.
-    """
-    target = dict(module.named_modules())[layer]
-    idx = torch.as_tensor(np.asarray(units, dtype=np.int64))
-    if idx.numel() == 0:
-        return module
-    with torch.no_grad():
-        target.weight[idx.to(target.weight.device)] = 0
-        if target.bias is not None:
-            target.bias[idx.to(target.bias.device)] = 0
-    return module
-
-
-class UnitMask(Callback):
-    """A skorch callback keeping the pruned units of a layer at zero during training.
-
-    The gradients of the pruned rows are zeroed before each optimizer step and
-    the rows themselves re-zeroed after it (robust to weight decay and
-    momentum), so fine-tuning cannot revive a pruned channel. The callback
-    stays on the repaired net: a later ``partial_fit`` keeps the pruning too.
-
-    Parameters
-    ----------
-    layer : str
-        Name of the pruned layer in the net's module.
-    units : list of int
-        Its pruned output channels or neurons.
+        The layer whose units are pruned.
+    order : ndarray of int
+        All units of the layer, in pruning order.
+    X, y : ndarray
+        Clean images and labels: the clean accuracy of each point.
+    attack_sets : list of (X, y, target), default=()
+        Triggered images, their true labels and the target: the attack
+        success of a point is the largest over the sets (``None`` without
+        any).
     """
 
-    def __init__(self, layer, units):
+    def __init__(self, adapter, layer, order, X, y, attack_sets=()):
+        self.adapter = adapter
         self.layer = layer
-        self.units = units
+        self.order = order
+        self.X = X
+        self.y = y
+        self.attack_sets = list(attack_sets)
+        self.points = {}
 
-    def _target(self, net):
-        return dict(net.module_.named_modules())[self.layer]
+    def __call__(self, k):
+        """``(clean accuracy, attack success)`` with the first ``k`` units pruned."""
+        if k not in self.points:
+            with masked_units(self.adapter, self.layer, self.order[:k]):
+                acc = clean_accuracy(self.y, self.adapter.predict(self.X))
+                asr = None
+                if self.attack_sets:
+                    asr = max(attack_success_rate(y_t, self.adapter.predict(X_t), target)
+                              for X_t, y_t, target in self.attack_sets)
+            self.points[k] = (acc, asr)
+        return self.points[k]
 
-    def on_train_begin(self, net, **kwargs):
-        zero_units(net.module_, self.layer, self.units)
+    def smallest(self, n_max, done):
+        """Fewest units in ``[0, n_max]`` whose point satisfies ``done(acc, asr)``, or ``None``."""
+        return bisect_first(n_max, lambda k: done(*self(k)))
 
-    def on_grad_computed(self, net, named_parameters, **kwargs):
-        if not len(self.units):
-            return
-        target = self._target(net)
-        idx = list(self.units)
-        for p in (target.weight, target.bias):
-            if p is not None and p.grad is not None:
-                p.grad[idx] = 0
+    def largest(self, n_max, ok):
+        """Most units in ``[0, n_max]`` whose point satisfies ``ok(acc, asr)`` (``ok(0)`` assumed)."""
+        first_bad = bisect_first(n_max, lambda k: not ok(*self(k)))
+        return n_max if first_bad is None else max(first_bad - 1, 0)
 
-    def on_batch_end(self, net, training=False, **kwargs):
-        if training:
-            zero_units(net.module_, self.layer, self.units)
+    def pruned_copy(self, k):
+        """A copy of the module with the first ``k`` units zeroed, and the callback keeping them so."""
+        units = self.order[:k]
+        module = zero_units(self.adapter.module_copy(), self.layer, units)
+        return module, ("prune_mask", UnitMask(self.layer, [int(u) for u in units]))
 
-
-class ShiftOrNoise:
-    """Collate a fine-tuning batch and augment each image: a small shift or Gaussian noise.
-
-    Each image is, with probability ``noise_prob``, perturbed by Gaussian
-    noise of standard deviation ``noise_std``; otherwise it is translated by
-    up to ``max_shift`` pixels along each axis (zero fill). Draws come from
-    torch's global generator, which :func:`fine_tune` seeds, so runs repeat.
-    Used as a skorch ``iterator_train__collate_fn`` (training batches only).
-
-    Parameters
-    ----------
-    max_shift : int
-        Largest translation in pixels (0: none).
-    noise_std : float
-        Standard deviation of the noise (0: none).
-    noise_prob : float in [0, 1]
-        Probability that an image gets noise instead of a shift.
-    """
-
-    def __init__(self, max_shift=1, noise_std=0.0, noise_prob=0.5):
-        self.max_shift = max_shift
-        self.noise_std = noise_std
-        self.noise_prob = noise_prob
-
-    def __call__(self, batch):
-        from torch.utils.data import default_collate
-
-        X, y = default_collate(batch)
-        if X.ndim != 4:
-            return X, y
-        n, _, h, w = X.shape
-        out = X
-        s = int(self.max_shift)
-        if s > 0:
-            padded = nn.functional.pad(X, (s, s, s, s))
-            dy = torch.randint(0, 2 * s + 1, (n,)).tolist()
-            dx = torch.randint(0, 2 * s + 1, (n,)).tolist()
-            out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-        if self.noise_std > 0 and self.noise_prob > 0:
-            noisy = (torch.rand(n) < self.noise_prob).view(n, 1, 1, 1)
-            out = torch.where(noisy, X + self.noise_std * torch.randn_like(X), out)
-        return out, y
-
-
-def fine_tune(module, X, y, classes, *, epochs, lr, batch_size, device, seed, verbose,
-              callbacks=None, desc="fine-tuning", weight_decay=0.0, lr_schedule="constant",
-              label_smoothing=0.0, augment=None):
-    """Wrap ``module`` in a skorch net and train it ``epochs`` epochs (0: no training).
-
-    The module is trained in place (it is already the repair's own copy).
-    ``lr_schedule="cosine"`` anneals the AdamW learning rate from ``lr`` to 0
-    over the epochs; ``label_smoothing`` is that of the cross-entropy;
-    ``augment`` is a collate function for the training batches (e.g.
-    :class:`ShiftOrNoise`). These three only shape this fine-tuning: the
-    returned net carries none of them (a later ``partial_fit`` is plain AdamW
-    at ``lr`` on the data as given), only ``callbacks``.
-    """
-    from skorch.callbacks import LRScheduler
-
-    from ..models._progress import EpochProgressBar
-
-    cbs = list(callbacks or [])
-    train_only = []
-    if verbose:
-        cbs.append(("progress", EpochProgressBar(desc=desc)))
-    if lr_schedule == "cosine" and epochs > 0:
-        train_only.append(("lr_schedule", LRScheduler(policy="CosineAnnealingLR", T_max=int(epochs))))
-    extra = {}
-    if label_smoothing:
-        extra["criterion__label_smoothing"] = float(label_smoothing)
-    if augment is not None:
-        extra["iterator_train__collate_fn"] = augment
-    with seeded(seed):
-        net = build_net(module, classes=classes, max_epochs=max(int(epochs), 1), lr=lr,
-                        batch_size=batch_size, device=device, callbacks=(cbs + train_only) or None,
-                        optimizer=torch.optim.AdamW, optimizer__weight_decay=weight_decay, **extra)
-        net.initialize()
-        if epochs > 0:
-            net.partial_fit(X, y)
-    if train_only or extra:
-        # Hand back a plain net: drop the schedule, the augmentation and the smoothing,
-        # and restore the learning rate the schedule annealed.
-        # (Set directly: skorch's set_params re-initializes callbacks_ from the old
-        # list, and raises on an initialized net when only iterator parameters change.)
-        net.callbacks = cbs or None
-        net.initialize_callbacks()
-        if augment is not None:
-            net.iterator_train__collate_fn = None  # DataLoader's default collate
-        if label_smoothing:
-            net.set_params(criterion__label_smoothing=0.0)  # re-initializes criterion and optimizer
-        net.set_params(lr=lr)
-    return net
+    def curve(self):
+        """The evaluated points, sorted: ``prune_ratio``, ``n_pruned``, ``clean_accuracy``, ``attack_success``."""
+        ks = sorted(self.points)
+        n_units = len(self.order)
+        return Bunch(
+            prune_ratio=np.array([j / n_units for j in ks]),
+            n_pruned=np.array(ks),
+            clean_accuracy=np.array([self.points[j][0] for j in ks]),
+            attack_success=None if not self.attack_sets else np.array([self.points[j][1] for j in ks]),
+        )

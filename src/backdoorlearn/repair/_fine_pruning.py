@@ -5,24 +5,14 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.utils import Bunch, check_random_state
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from .._docstring import fill_doc
-from .._utils import check_images, check_label_value, check_labels, torch_seed
-from ..metrics import attack_success_rate, clean_accuracy
-from ._base import (
-    ShiftOrNoise,
-    UnitMask,
-    fine_tune,
-    masked_units,
-    prepare,
-    resolve_layer,
-    unit_activations,
-    zero_units,
-)
+from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels, torch_seed
+from ..models._surgery import resolve_layer, unit_activations
+from ..models._training import ShiftOrNoise, fine_tune
+from ._base import BaseRepair, PruningSearch
 
 __all__ = ["FinePruner"]
 
@@ -46,22 +36,8 @@ def _check_monitor(X_triggered, y_triggered, target_label, *, image_shape, n_cla
     return Xt, yt, target
 
 
-def _bisect_largest(n_max, ok):
-    """Largest ``k`` in ``[0, n_max]`` with ``ok(k)``, assuming ``ok`` is monotone and ``ok(0)``."""
-    if ok(n_max):
-        return n_max
-    lo, hi = 0, n_max
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 @fill_doc
-class FinePruner(BaseEstimator):
+class FinePruner(BaseRepair):
     """Fine-Pruning: prune the channels dormant on clean data, then fine-tune.
 
     Backdoor behaviour tends to live in neurons that clean inputs leave
@@ -69,107 +45,96 @@ class FinePruner(BaseEstimator):
     convolution (by default the last one) by their mean activation on the
     defender's clean data, prunes them lowest first as far as the clean
     accuracy stays within ``max_accuracy_drop`` of the original, and then
-    fine-tunes the pruned network on the same clean data. Pruning removes the
-    backdoor's dormant neurons; fine-tuning restores clean accuracy and
-    overwrites what a pruning-aware attacker hid in the active ones. The
-    fine-tuning follows common practice for a small data set (cosine
-    learning-rate decay, label smoothing, weight decay, light augmentation:
-    each image is either shifted by a pixel or given Gaussian noise); noise
-    and decay are what reach a backdoor that lives in the channels clean
-    data keep active (see ``noise_std`` and the Notes).
+    fine-tunes the pruned network on the same clean data.
+    Pruning removes the backdoor's dormant neurons; fine-tuning restores
+    clean accuracy and overwrites what a pruning-aware attacker hid in the
+    active ones.
 
     White box: the model must be a torch module or a skorch net. It needs a
-    small clean, labelled data set (the papers use ~10%% of the training set
+    small clean, labelled data set (the papers use 10% of the training set
     or less) and no knowledge of the trigger.
 
     Parameters
     ----------
     layer : str, default=None
         Name of the convolution whose output channels are pruned. ``None``
-        picks the last ``nn.Conv2d`` (the paper's choice: later layers encode
-        the backdoor most sparsely).
+        picks the last ``nn.Conv2d``, the paper's choice (§3: the last
+        convolutional layer encodes the backdoor most sparsely).
     criterion : {"activation", "weight"}, default="activation"
         ``"activation"``: prune in increasing order of mean (positive)
-        activation on ``X`` (the paper's pruning defense). ``"weight"``:
+        activation on ``X``, the paper's pruning defense. ``"weight"``:
         magnitude pruning, channel by channel on the mean absolute filter
-        weight, with the seeds' threshold ``min + (max - min) * prune_ratio``
+        weight, with the threshold ``min + (max - min) * prune_ratio``
         (channels at or below it are pruned).
     prune_ratio : float in [0, 1) or None, default=None
         Fixed amount of pruning: the fraction of channels (``"activation"``)
         or the threshold ratio (``"weight"``). ``None`` searches the largest
         amount that keeps the clean accuracy on ``X`` within
-        ``max_accuracy_drop`` of the unpruned model's, by bisection.
+        ``max_accuracy_drop`` of the unpruned model's, by bisection (the
+        paper sweeps the ratio; the bisection evaluates about
+        ``log2(n_channels)`` amounts).
     max_accuracy_drop : float in [0, 1], default=0.04
-        Clean accuracy (a rate) that pruning may cost before fine-tuning;
-        the paper stops pruning at a 4%% drop.
+        Clean accuracy (a rate) that pruning may cost before fine-tuning:
+        the paper stops pruning at a 4% drop.
     fine_tune_epochs : int, default=120
-        Epochs of fine-tuning on ``X``, ``y`` after pruning (0: pruning alone).
+        Epochs of fine-tuning on ``X``, ``y`` after pruning; ``0`` is pruning
+        alone. A few hundred images make an epoch a handful of steps, hence
+        many epochs.
     lr : float, default=1e-2
-        Initial AdamW learning rate of the fine-tuning. Larger than a training
-        run's last rate on purpose: a gentle fine-tuning on a few hundred clean
-        images leaves a BadNets backdoor in place (Neural Cleanse §VI-C; on
-        the embedded digits, 30 plain epochs at ``1e-3`` leave ~80%% attack
-        success, at ``3e-3`` 60-73%%).
+        Initial learning rate of the fine-tuning (AdamW). Larger than a
+        training run's last rate on purpose: a gentle fine-tuning on a few
+        hundred clean images leaves a BadNets backdoor in place (Neural
+        Cleanse §VI-C reports the same of clean fine-tuning).
     lr_schedule : {"cosine", "constant"}, default="cosine"
         ``"cosine"`` anneals the learning rate from ``lr`` to 0 over the
         epochs: the large early steps move the weights off the backdoor, the
-        small late ones settle clean accuracy. ``"constant"`` cost 3.2 points
-        of clean accuracy on average instead of 1.1 (digits, see Notes).
+        small late ones settle clean accuracy.
     label_smoothing : float in [0, 1), default=0.1
         Label smoothing of the fine-tuning's cross-entropy, a standard
-        regularizer against over-fitting a few hundred images; ``0.0`` cost
-        1.5 points of clean accuracy on average instead of 1.1.
+        regularizer against over-fitting a few hundred images.
     max_shift : int, default=1
         Data augmentation of the fine-tuning: each image not drawn for noise
         (see ``noise_prob``) is translated by up to ``max_shift`` pixels each
-        way (zero fill), drawn anew per image and batch. Shifts stretch the
-        defender's few images and recover clean accuracy; ``0`` (those
-        images left as they are) cost 3.2 points on average instead of 1.1.
+        way (zero fill), drawn anew per image and batch, which stretches the
+        defender's few images. ``0`` leaves those images as they are.
     noise_std : float, default=0.3
         Standard deviation of the Gaussian noise added to the images drawn
         for noise (inputs scaled to [0, 1]; ``0`` disables it). A patch
         trigger sits where clean images are blank, so clean data give no
-        gradient to the weights that read it and fine-tuning alone never
-        changes them (here the backdoor lives in the channels clean data
-        keep active: pruning alone leaves it whole). Noise excites those
-        inputs with the true labels attached, so fine-tuning overwrites the
-        trigger's weights; training with input noise is also a classical
-        regularizer (Bishop, 1995). Without noise, attack success reached
-        8.6%% (12.1%% without weight decay either).
+        gradient to the weights that read it, and when the backdoor lives in
+        the channels clean data keep active neither pruning nor clean
+        fine-tuning changes them. Noise excites those inputs with the true
+        labels attached, so fine-tuning overwrites the trigger's weights;
+        training with input noise is also a classical regularizer (Bishop,
+        1995).
     noise_prob : float in [0, 1], default=0.5
-        Probability that an image is given noise rather than a shift. Noise
-        on every image (``1.0``) cost 3.3 points of clean accuracy on
-        average instead of 1.1.
+        Probability that an image is given noise rather than a shift: half
+        keeps most images close to the clean distribution.
     weight_decay : float, default=0.2
-        AdamW's decoupled weight decay during fine-tuning (an addition to
-        the paper). Clean data give no gradient to weights only the trigger
-        uses, so decay erodes them, the weight-level analogue of pruning
-        dormant neurons. Without it (``0.0``) attack success reached 4.7%%
-        (mean 1.4%% instead of 0.4%%). Alone, with 30 epochs at a constant
-        rate and no augmentation, ``0.3`` removes the digits backdoor at a
-        cost of 6.4 points of clean accuracy.
-    fine_tune_batch_size : int, default=16
-        Mini-batch size of the fine-tuning.
-    %(batch_size)s
-    %(device)s
-    %(random_state)s
-    %(verbose)s
+        AdamW's decoupled weight decay during fine-tuning. Clean data give no
+        gradient to weights only the trigger uses, so decay erodes them, the
+        weight-level analogue of pruning dormant neurons.
+    {train_batch_size}
+    {batch_size}
+    {device}
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
     repaired_model_ : skorch.NeuralNetClassifier
         The pruned and fine-tuned network (a deep copy: the user's model is
         unchanged). Pruned channels have zero weights and bias, kept at zero
-        by a :class:`~backdoorlearn.repair.UnitMask` callback if it is
+        by a :class:`~backdoorlearn.models.UnitMask` callback if it is
         trained further (plain AdamW at ``lr``: the schedule, the label
         smoothing and the augmentation of the fine-tuning are not kept).
     layer_ : str
         The pruned layer.
-    channel_scores_ : ndarray of shape (n_channels,)
+    unit_scores_ : ndarray of shape (n_units,)
         Mean activation (or mean absolute weight) of each channel.
-    channel_order_ : ndarray of shape (n_channels,)
+    unit_order_ : ndarray of shape (n_units,)
         Channels in pruning order (lowest score first).
-    pruned_channels_ : ndarray of int
+    pruned_units_ : ndarray of int
         The pruned channels, in pruning order.
     prune_ratio_ : float
         Fraction of the layer's channels pruned.
@@ -179,6 +144,11 @@ class FinePruner(BaseEstimator):
         Clean accuracy on ``X`` of the unpruned model.
     accuracy_pruned_ : float
         Clean accuracy on ``X`` after pruning, before fine-tuning.
+    attack_success_pruned_ : float or None
+        Attack success on the monitoring data after pruning, before
+        fine-tuning (``None`` without monitoring data).
+    input_shape_ : tuple of int
+        ``(C, H, W)`` of the images seen at fit.
     pruning_curve_ : Bunch
         The pruning amounts evaluated (the bisection's steps, sorted):
         ``prune_ratio`` (fraction of channels), ``n_pruned``,
@@ -202,26 +172,20 @@ class FinePruner(BaseEstimator):
 
     The accuracy that guides pruning is measured on the defender's data
     ``X`` itself: the unpruned model never trained on it, so before
-    fine-tuning it is an unbiased estimate; keeping it all for fine-tuning
-    matters more with a few hundred images than a separate split would.
-    The bisection assumes clean accuracy does not increase with pruning,
-    true up to noise on the paper's curves; activations are computed once.
+    fine-tuning it is an unbiased estimate, and with a few hundred images
+    keeping all of them for fine-tuning matters more than a separate split.
+    The bisection assumes clean accuracy does not increase with pruning, as
+    on the paper's curves (Fig. 4); activations are computed once.
 
-    The fine-tuning recipe (cosine schedule, label smoothing, shift-or-noise
-    augmentation, weight decay, 120 epochs) is a practitioner's addition to
-    the paper, which fine-tunes with plain SGD. It was chosen on clean
-    accuracy and attack success measured on the embedded benchmarks; inside
-    the algorithm nothing uses a trigger or the target label. With the 10%%
-    defender hold-out of ``make_backdoor_benchmark(name, random_state=s)``
-    and one CPU thread: on digits seeds 0-4, each fine-tuned with
-    ``random_state`` 0-4, attack success 0.4%% on average (at most 1.5%%)
-    for 1.1 points of clean accuracy (at most 2.4), ~3 s a fit; on signs
-    seeds 0 and 1 (``random_state`` 0, 1), attack success at most 1.6%%,
-    clean accuracy between -1.7 and +1.5 points, ~13 s a fit; against
-    :class:`~backdoorlearn.PruningAwareAttack` on digits seeds 0-2, attack
-    success at most 1.2%%. The former recipe (30 epochs at a constant rate,
-    no smoothing, augmentation or decay) left 9.6-22.7%% attack success on
-    digits, with up to 4.9 points of clean accuracy lost.
+    Deviations from the paper, which fine-tunes the pruned network with
+    plain SGD: the fine-tuning here is AdamW with a cosine schedule, label
+    smoothing, weight decay and shift-or-noise augmentation, chosen on
+    clean accuracy and attack success on the embedded benchmarks (nothing
+    in it uses a trigger or the target label). ``fine_tune_epochs=30,
+    lr_schedule="constant", label_smoothing=0, max_shift=0, noise_std=0,
+    weight_decay=0`` is the paper's plain fine-tuning with AdamW in place
+    of SGD. ``benchmarks/bench_repairs.py`` measures both
+    (``benchmarks/results/repairs.txt``).
 
     References
     ----------
@@ -236,9 +200,9 @@ class FinePruner(BaseEstimator):
     >>> from backdoorlearn import FinePruner, SmallCNN
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
-    >>> y = np.arange(40) %% 10
+    >>> y = np.arange(40) % 10
     >>> pruner = FinePruner(prune_ratio=0.25, fine_tune_epochs=1, random_state=0)
-    >>> pruner.fit(SmallCNN(1, 10), X, y).pruned_channels_.shape
+    >>> pruner.fit(SmallCNN(1, 10), X, y).pruned_units_.shape
     (8,)
     >>> pruner.repaired_model_.predict(X).shape
     (40,)
@@ -257,17 +221,17 @@ class FinePruner(BaseEstimator):
         "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
         "noise_prob": [Interval(numbers.Real, 0, 1, closed="both")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "fine_tune_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [str],
+        "device": DEVICE_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     def __init__(self, layer=None, criterion="activation", prune_ratio=None, max_accuracy_drop=0.04,
                  fine_tune_epochs=120, lr=1e-2, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
-                 noise_std=0.3, noise_prob=0.5, weight_decay=0.2, fine_tune_batch_size=16, batch_size=256,
-                 device="cpu", random_state=None, verbose=0):
+                 noise_std=0.3, noise_prob=0.5, weight_decay=0.2, train_batch_size=16, batch_size=256,
+                 device=None, random_state=None, verbose=0):
         self.layer = layer
         self.criterion = criterion
         self.prune_ratio = prune_ratio
@@ -280,7 +244,7 @@ class FinePruner(BaseEstimator):
         self.noise_std = noise_std
         self.noise_prob = noise_prob
         self.weight_decay = weight_decay
-        self.fine_tune_batch_size = fine_tune_batch_size
+        self.train_batch_size = train_batch_size
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
@@ -334,79 +298,45 @@ class FinePruner(BaseEstimator):
         Returns
         -------
         self : FinePruner
+            The fitted repair.
         """
-        self._validate_params()
+        return self._fit(model, X, y, monitor=(X_triggered, y_triggered, target_label))
+
+    def _repair(self, adapter, X, y, classes, *, monitor):
         name = type(self).__name__
-        adapter, X, y, classes = prepare(model, X, y, defense=name, device=self.device,
-                                         batch_size=self.batch_size)
         layer = resolve_layer(adapter, self.layer)
-        monitor = _check_monitor(X_triggered, y_triggered, target_label, image_shape=X.shape[1:],
-                                 n_classes=len(classes), caller=name)
+        monitor = _check_monitor(*monitor, image_shape=X.shape[1:], n_classes=len(classes), caller=name)
         rng = check_random_state(self.random_state)
         work = adapter.copy()  # all evaluation hooks go on a copy: the user's module is untouched
 
         scores = self._scores(work, X, layer)
         order = np.argsort(scores, kind="stable")
         n_units = len(scores)
-
-        points = {}
-
-        def evaluate(k):
-            if k not in points:
-                with masked_units(work, layer, order[:k]):
-                    acc = clean_accuracy(y, work.predict(X))
-                    asr = None
-                    if monitor is not None:
-                        asr = attack_success_rate(monitor[1], work.predict(monitor[0]), monitor[2])
-                points[k] = (acc, asr)
-            return points[k]
-
-        base_acc = evaluate(0)[0]
+        search = PruningSearch(work, layer, order, X, y, attack_sets=[] if monitor is None else [monitor])
+        base_acc, _ = search(0)
         if self.prune_ratio is None:
             # Prune as far as clean accuracy allows (the paper stops at a 4% drop),
             # by bisection over the number of channels rather than a sweep.
-            k = _bisect_largest(n_units - 1,
-                                lambda k: evaluate(k)[0] >= base_acc - self.max_accuracy_drop - 1e-12)
+            budget = base_acc - self.max_accuracy_drop - 1e-12
+            k = search.largest(n_units - 1, lambda acc, _asr: acc >= budget)
         else:
             k = self._n_for_ratio(self.prune_ratio, scores)
-        evaluate(k)
 
-        pruned = order[:k]
-        module = work.module_copy()
-        zero_units(module, layer, pruned)
-        mask = UnitMask(layer, [int(c) for c in pruned])
+        module, mask = search.pruned_copy(k)
         augment = None
         if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
             augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
         net = fine_tune(module, X, y, classes, epochs=self.fine_tune_epochs, lr=self.lr,
-                        batch_size=self.fine_tune_batch_size, device=work.device, seed=torch_seed(rng),
-                        verbose=self.verbose, callbacks=[("prune_mask", mask)], desc="fine-pruning",
+                        batch_size=self.train_batch_size, device=work.device, seed=torch_seed(rng),
+                        verbose=self.verbose, callbacks=[mask], desc="fine-pruning",
                         weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
                         label_smoothing=self.label_smoothing, augment=augment)
 
-        ks = sorted(points)
-        self.layer_ = layer
-        self.channel_scores_ = scores
-        self.channel_order_ = order
-        self.pruned_channels_ = pruned
-        self.prune_ratio_ = k / n_units
+        self._record_pruning(search, k)
+        self.unit_scores_ = scores
         self.weight_threshold_ = None
         if self.criterion == "weight":
             s = scores[order]
             ratio = self._weight_ratio(k, s) if self.prune_ratio is None else self.prune_ratio
             self.weight_threshold_ = float(s[0] + (s[-1] - s[0]) * ratio)
-        self.accuracy_before_ = base_acc
-        self.accuracy_pruned_ = points[k][0]
-        self.pruning_curve_ = Bunch(
-            prune_ratio=np.array([j / n_units for j in ks]),
-            n_pruned=np.array(ks),
-            clean_accuracy=np.array([points[j][0] for j in ks]),
-            attack_success=None if monitor is None else np.array([points[j][1] for j in ks]),
-        )
-        self.repaired_model_ = net
-        return self
-
-    def predict(self, X):
-        """Predictions of the repaired model (a convenience for ``repaired_model_.predict``)."""
-        check_is_fitted(self, "repaired_model_")
-        return self.repaired_model_.predict(check_images(X, name="X", caller=type(self).__name__))
+        return net

@@ -12,20 +12,20 @@ import torch.nn.functional as F
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .._docstring import fill_doc
-from .._utils import check_images, check_labels, resolve_device, seeded, torch_seed
-from ..models import ModelAdapter, wrap_module
-from ..models._progress import EpochProgressBar
+from .._utils import DEVICE_CONSTRAINT, check_images, check_labels, resolve_device, seeded, torch_seed
+from ..models import ModelAdapter, build_net, wrap_module
 
 __all__ = ["AntiBackdoorLearner"]
 
-# Rows of an isolated label farther than this many "core units" from the
-# label's core are backdoor-like (measured: clean rows of the isolated label
-# reach 1.6-2.3 at their 90th percentile, poisoned ones start at 2.0-6.4).
+# Rows of an isolated label farther than this many "core units" (the median
+# distance of the label's nearest half to its core) from the core are
+# backdoor-like: twice the typical spread of the core, chosen on the embedded
+# benchmarks (see AntiBackdoorLearner's Notes).
 _CORE_RADIUS = 2.0
 _CORE_ITERATIONS = 20
 
@@ -40,7 +40,7 @@ class _ABLNet(NeuralNetClassifier):
       per example (Li et al. 2021, Eq. 3): an example whose loss falls below
       ``gamma`` is pushed back up, so only examples learned much faster than
       the clean task (the backdoor ones) can end up far below ``gamma``;
-    - ``"finetune"`` and ``"recovery"``: the ordinary mean cross-entropy;
+    - ``"fine_tune"`` and ``"recovery"``: the ordinary mean cross-entropy;
     - ``"unlearning"``: Eq. 4, descent on the clean examples and ascent on the
       isolated ones, which arrive with their label shifted by ``n_classes``.
       The ascent term is ``-log(1 - p_y)`` (computed from logits), which
@@ -51,7 +51,7 @@ class _ABLNet(NeuralNetClassifier):
     Evaluation (``training=False``) always reports the mean cross-entropy.
     """
 
-    def __init__(self, *args, stage="finetune", gamma=0.5, **kwargs):
+    def __init__(self, *args, stage="fine_tune", gamma=0.5, **kwargs):
         super().__init__(*args, **kwargs)
         self.stage = stage
         self.gamma = gamma
@@ -62,7 +62,7 @@ class _ABLNet(NeuralNetClassifier):
         isolated = y_true >= n_classes
         y_true = y_true % n_classes
         losses = super().get_loss(y_pred, y_true, X=X, training=training)
-        if not training or self.stage in ("finetune", "recovery"):
+        if not training or self.stage in ("fine_tune", "recovery"):
             return losses.mean()
         if self.stage == "isolation":
             return (torch.sign(losses - self.gamma) * losses).mean()
@@ -124,7 +124,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
        ``isolation_ratio`` fraction with the lowest loss is isolated
        (:attr:`isolated_indices_`).
     2. **Fine-tuning, unlearning, recovery**: train normally on the other
-       examples (``finetune_epochs``), then unlearn (``unlearning_epochs``):
+       examples (``fine_tune_epochs``), then unlearn (``unlearning_epochs``):
        push the isolated examples, and the kept rows that resemble them, away
        from their labels while descending on a clean anchor, which breaks the
        trigger-to-target correlation the network learned from the poisoned
@@ -135,7 +135,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
     the stage of each epoch is in ``history_``). Needs the training set only:
     no clean data, no knowledge of the trigger or the target label. It is a
     classifier: ``predict``, ``predict_proba``, ``score``, and it works in
-    ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``.
+    ``cross_val_score`` like any scikit-learn classifier.
 
     Parameters
     ----------
@@ -148,35 +148,37 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         instance itself is never changed), like skorch's ``module``.
     isolation_ratio : float, default=0.01
         Fraction of the training set isolated as backdoor examples, in (0, 1).
-        The paper's 1%% works for poisoning rates well above it: a high ratio
+        The paper's 1% works for poisoning rates well above it: a high ratio
         unlearns more clean examples and costs accuracy, a low one may miss
         the trigger.
     gamma : float, default=0.1
-        LGA threshold on the per-example cross-entropy, >= 0. The paper's 0.5
-        suits CIFAR-10, whose clean loss stays high; the embedded data sets'
-        clean tasks fall below 0.5 within two epochs, and with 0.5 the
-        isolation's precision on the digits was at most ~30%% (0.1: 100%%).
+        LGA threshold on the per-example cross-entropy, >= 0. A deviation
+        from the paper's 0.5, which suits CIFAR-10, whose clean loss stays
+        high: the clean loss of the embedded data sets falls below 0.5 within
+        two epochs, and a threshold above the clean loss isolates clean rows.
     isolation_epochs : int, default=12
         Epochs of LGA training before isolation (the paper uses 20 on
-        CIFAR-10).
-    finetune_epochs : int, default=30
+        CIFAR-10; the embedded data sets are learned sooner).
+    fine_tune_epochs : int, default=30
         Epochs of ordinary training on the non-isolated examples (>= 0).
     unlearning_epochs : int, default=3
         Epochs of unlearning (>= 0).
     recovery_epochs : int, default=3
         Epochs of ordinary training on the anchor after unlearning (>= 0).
     lr : float, default=2e-3
-        Adam learning rate of the isolation and fine-tuning stages.
+        Adam learning rate of the isolation and fine-tuning stages, the rate
+        the benchmark models train at.
     unlearning_lr : float, default=None
         Adam learning rate of the unlearning and recovery stages; ``None``
-        uses ``lr / 2``.
+        uses ``lr / 2``: gradient ascent diverges faster than descent.
     module_params : dict, default=None
         Keyword arguments of ``module`` when it is a class.
-    batch_size : int, default=32
-        Training batch size.
-    %(device)s
-    %(random_state)s
-    %(verbose)s
+    train_batch_size : int, default=32
+        Mini-batch size of every stage (it changes the result), and the
+        batch size of the returned ``model_``.
+    {device}
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
@@ -200,7 +202,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         torch module), ready for ``BimodelClassifier`` or saving.
     history_ : skorch.History
         Per-epoch training record; its ``"stage"`` key is ``"isolation"``,
-        ``"finetune"``, ``"unlearning"`` or ``"recovery"``.
+        ``"fine_tune"``, ``"unlearning"`` or ``"recovery"``.
 
     See Also
     --------
@@ -209,7 +211,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
 
     Notes
     -----
-    Deviations from the paper, each measured on the embedded data sets:
+    Deviations from the paper and its code:
 
     - LGA is applied per example (the paper's Eq. 3), not to the batch mean
       as in its code.
@@ -218,30 +220,28 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
     - Unlearning follows Eq. 4 (descend on the clean set, ascend on the
       isolated one) with two changes. The ascent term is ``-log(1 - p_y)``
       rather than ``-CE``: after fine-tuning the isolated examples sit at
-      ``p_y ~ 1``, where ``-CE`` has no gradient (it moved nothing in 20
-      epochs). And the clean set is an *anchor*. With 1%% isolated of 10%%
-      poisoned, the kept rows still hold nine in ten poisoned examples,
-      which teach the backdoor again as fast as it is unlearned (an earlier
-      anchor, the kept rows minus the lower-loss half of the isolated
-      label's rows, left 16-59 of the 204 poisoned signs rows in and the
-      attack success drifted between 3%% and 65%%). The isolated rows point
-      at the others: in the penultimate-layer activations after fine-tuning
-      the clean rows of a label form a tight core and the backdoor rows lie
-      far from it (Activation Clustering, Chen et al. 2018). For each label
-      of the isolated rows, the core is the mean of the half of the kept
-      rows nearest to it (started at their coordinate-wise median); when
-      the isolated rows lie more than twice the core half's median distance
+      ``p_y ~ 1``, where ``-CE`` has no gradient. And the clean set is an
+      *anchor*: with 1% isolated of 10% poisoned, the kept rows still hold
+      nine in ten poisoned examples, which would teach the backdoor again
+      as fast as it is unlearned. The isolated rows point at the others: in
+      the penultimate-layer activations after fine-tuning the clean rows of
+      a label form a tight core and the backdoor rows lie far from it (as
+      in Activation Clustering, Chen et al. 2018). For each label of the
+      isolated rows, the core is the mean of the half of the kept rows
+      nearest to it (started at their coordinate-wise median); when the
+      isolated rows lie more than twice the core half's median distance
       from it, the kept rows beyond that radius leave the anchor and are
-      unlearned with the isolated rows (:attr:`unlearned_indices_`). On the
-      signs (seeds 0, 1, 3) and digits (0, 1) this left 0-1 poisoned row in
-      the anchor and took 2-30 clean rows out; a label whose isolated rows
-      are ordinary examples of it (a clean row isolated by mistake) is
-      left alone.
-    - Unlearning so many rows costs a few points of clean accuracy, so a
-      recovery stage (``recovery_epochs``), ordinary training on the anchor,
-      follows; the anchor holds (almost) no backdoor rows, so it wins the
-      accuracy back without teaching the backdoor again.
+      unlearned with the isolated rows (:attr:`unlearned_indices_`). A label
+      whose isolated rows are ordinary examples of it (a clean row isolated
+      by mistake) is left alone.
+    - Unlearning many rows costs clean accuracy, so a recovery stage
+      (``recovery_epochs``), ordinary training on the anchor, follows; the
+      anchor holds (almost) no backdoor rows, so it wins the accuracy back
+      without teaching the backdoor again.
     - Adam replaces the paper's SGD, for the small budgets used here.
+
+    ``benchmarks/bench_bbd_abl.py`` measures the result on the embedded
+    benchmarks (``benchmarks/results/bbd_abl.txt``).
 
     References
     ----------
@@ -258,7 +258,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
     >>> trigger = Trigger.patch((1, 8, 8), size=2, location="bottom-right", color=1.0)
     >>> Xp, yp = BackdoorPoisoner(trigger, target_label=0, poison_rate=0.1,
     ...                           random_state=0).fit_resample(X[:600], y[:600])
-    >>> abl = AntiBackdoorLearner(SmallCNN, isolation_epochs=2, finetune_epochs=3,
+    >>> abl = AntiBackdoorLearner(SmallCNN, isolation_epochs=2, fine_tune_epochs=3,
     ...                           unlearning_epochs=1, random_state=0).fit(Xp, yp)
     >>> abl.isolated_indices_.shape
     (6,)
@@ -271,14 +271,14 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         "isolation_ratio": [Interval(numbers.Real, 0, 1, closed="neither")],
         "gamma": [Interval(numbers.Real, 0, None, closed="left")],
         "isolation_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "finetune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "fine_tune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "unlearning_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "recovery_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "unlearning_lr": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "module_params": [dict, None],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [StrOptions({"cpu", "cuda", "auto"}), str, torch.device],
+        "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": DEVICE_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -290,14 +290,14 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         isolation_ratio=0.01,
         gamma=0.1,
         isolation_epochs=12,
-        finetune_epochs=30,
+        fine_tune_epochs=30,
         unlearning_epochs=3,
         recovery_epochs=3,
         lr=2e-3,
         unlearning_lr=None,
         module_params=None,
-        batch_size=32,
-        device="cpu",
+        train_batch_size=32,
+        device=None,
         random_state=None,
         verbose=0,
     ):
@@ -305,13 +305,13 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         self.isolation_ratio = isolation_ratio
         self.gamma = gamma
         self.isolation_epochs = isolation_epochs
-        self.finetune_epochs = finetune_epochs
+        self.fine_tune_epochs = fine_tune_epochs
         self.unlearning_epochs = unlearning_epochs
         self.recovery_epochs = recovery_epochs
         self.lr = lr
         self.unlearning_lr = unlearning_lr
         self.module_params = module_params
-        self.batch_size = batch_size
+        self.train_batch_size = train_batch_size
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -348,12 +348,12 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
                 f"isolates {n_isolated} of n_samples={n}, leaving fewer than one sample per "
                 f"class ({len(classes)} classes) to train on."
             )
-        device = resolve_device(self.device)
         y_enc = y_enc.astype(np.int64)
 
         seed = torch_seed(self.random_state)
         with seeded(seed):
             module = _build_module(self.module, self.module_params, X.shape[1], len(classes))
+            device = resolve_device(self.device, module)
             self._check_module_outputs(module, X[:1], len(classes))
             net = self._build_net(module, classes, device)
             net.initialize()
@@ -367,7 +367,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
             kept[isolated] = False
 
             # Stage 2 (Sec. 4.2): learn the kept set ...
-            self._run_stage(net, "finetune", X[kept], y_enc[kept], self.finetune_epochs, self.lr)
+            self._run_stage(net, "fine_tune", X[kept], y_enc[kept], self.fine_tune_epochs, self.lr)
             # ... then unlearn (Eq. 4): ascend on the isolated examples while
             # descending on a clean anchor. The kept set still holds most of the
             # poisoned rows (isolation_ratio << poison rate); left in the anchor
@@ -399,7 +399,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         self.unlearned_indices_ = unlearned
         self.history_ = net.history
         self.model_ = wrap_module(net.module_, classes=classes, device=device,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.train_batch_size)
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -419,23 +419,18 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
             )
 
     def _build_net(self, module, classes, device):
-        callbacks = [("stage", _RecordStage())]
-        if self.verbose:
-            callbacks.append(("progress", EpochProgressBar(desc="ABL")))
-        return _ABLNet(
+        return build_net(
             module,
-            criterion=nn.CrossEntropyLoss,
-            criterion__reduction="none",
-            optimizer=torch.optim.Adam,
-            lr=self.lr,
+            net_class=_ABLNet,
+            classes=range(len(classes)),
             max_epochs=1,
-            batch_size=self.batch_size,
-            train_split=None,
-            iterator_train__shuffle=True,
-            classes=list(range(len(classes))),
+            lr=self.lr,
+            batch_size=self.train_batch_size,
             device=device,
-            callbacks=callbacks,
-            verbose=0,
+            callbacks=[("stage", _RecordStage())],
+            verbose=self.verbose,
+            desc="ABL",
+            criterion__reduction="none",
             gamma=float(self.gamma),
         )
 

@@ -13,9 +13,12 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._docstring import fill_doc
-from ._utils import check_images, check_label_value, check_labels, seeded, torch_seed
-from .triggers import Trigger
+from .._docstring import fill_doc
+from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels, seeded, torch_seed
+from ..models import ModelAdapter, SmallCNN, build_net
+from ..models._surgery import UnitMask, resolve_layer, unit_activations, zero_units
+from ..triggers import Trigger
+from ._badnets import BackdoorPoisoner
 
 __all__ = ["PruningAwareAttack"]
 
@@ -66,9 +69,9 @@ class PruningAwareAttack(BaseEstimator):
         Adam learning rate of both trainings.
     train_batch_size : int, default=64
         Mini-batch size of both trainings.
-    %(device)s
-    %(random_state)s
-    %(verbose)s
+    {device}
+    {random_state}
+    {verbose}
 
     Attributes
     ----------
@@ -77,7 +80,7 @@ class PruningAwareAttack(BaseEstimator):
     clean_model_ : skorch.NeuralNetClassifier
         The clean network of step 1.
     layer_ : str
-    pruned_channels_ : ndarray of int
+    pruned_units_ : ndarray of int
         The decoy channels pruned in step 2 and reinstated in step 4.
     poisoner_ : BackdoorPoisoner
         The poisoner of step 3 (``poisoner_.poison_mask_`` marks the rows).
@@ -99,10 +102,10 @@ class PruningAwareAttack(BaseEstimator):
     >>> from backdoorlearn import PruningAwareAttack, Trigger
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((60, 1, 8, 8), dtype=np.float32)
-    >>> y = np.arange(60) %% 3
+    >>> y = np.arange(60) % 3
     >>> attack = PruningAwareAttack(Trigger.patch((1, 8, 8), size=2), prune_ratio=0.5,
     ...                             clean_epochs=1, poison_epochs=1, random_state=0)
-    >>> attack.fit(X, y).pruned_channels_.shape
+    >>> attack.fit(X, y).pruned_units_.shape
     (16,)
     >>> attack.backdoored_model_.predict(X[:4]).shape
     (4,)
@@ -119,13 +122,13 @@ class PruningAwareAttack(BaseEstimator):
         "poison_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "device": [str],
+        "device": DEVICE_CONSTRAINT,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     def __init__(self, trigger, target_label=0, poison_rate=0.1, prune_ratio=0.7, layer=None, module=None,
-                 clean_epochs=20, poison_epochs=20, lr=2e-3, train_batch_size=64, device="cpu",
+                 clean_epochs=20, poison_epochs=20, lr=2e-3, train_batch_size=64, device=None,
                  random_state=None, verbose=0):
         self.trigger = trigger
         self.target_label = target_label
@@ -154,12 +157,8 @@ class PruningAwareAttack(BaseEstimator):
         Returns
         -------
         self : PruningAwareAttack
+            The fitted attack.
         """
-        from .attacks import BackdoorPoisoner
-        from .models import ModelAdapter, SmallCNN, build_net
-        from .models._progress import EpochProgressBar
-        from .repair._base import UnitMask, resolve_layer, unit_activations, zero_units
-
         self._validate_params()
         name = type(self).__name__
         X = check_images(X, name="X", caller=name)
@@ -173,11 +172,9 @@ class PruningAwareAttack(BaseEstimator):
         classes = np.arange(n_classes)
 
         def net_for(module, epochs, desc, callbacks=()):
-            cbs = list(callbacks)
-            if self.verbose:
-                cbs.append(("progress", EpochProgressBar(desc=desc)))
             return build_net(module, classes=classes, max_epochs=epochs, lr=self.lr,
-                             batch_size=self.train_batch_size, device=self.device, callbacks=cbs or None)
+                             batch_size=self.train_batch_size, device=self.device, callbacks=list(callbacks),
+                             verbose=self.verbose, desc=desc)
 
         # Step 1: a clean network.
         with seeded(torch_seed(rng)):
@@ -236,12 +233,23 @@ class PruningAwareAttack(BaseEstimator):
         self.clean_model_ = clean
         self.backdoored_model_ = net
         self.layer_ = layer
-        self.pruned_channels_ = pruned
+        self.pruned_units_ = pruned
         self.poisoner_ = poisoner
         self.n_classes_ = n_classes
         return self
 
     def predict(self, X):
-        """Predictions of the backdoored network."""
+        """Predict with the backdoored network.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            What ``backdoored_model_.predict`` returns.
+        """
         check_is_fitted(self, "backdoored_model_")
         return self.backdoored_model_.predict(check_images(X, name="X", caller=type(self).__name__))

@@ -1,4 +1,4 @@
-"""Backdoor attacks, to make backdoored models to study (teaching, tests, benchmarks)."""
+"""BadNets-style data poisoning (Gu et al., 2017)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 
-from ._utils import check_images, check_label_value, check_labels
-from ._pruning_aware import PruningAwareAttack
-from .triggers import Trigger
+from .._utils import check_images, check_label_value, check_labels
+from ..triggers import Trigger
 
-__all__ = ["BackdoorPoisoner", "PruningAwareAttack"]
+__all__ = ["BackdoorPoisoner"]
 
 
 class BackdoorPoisoner(BaseEstimator):
@@ -54,6 +53,11 @@ class BackdoorPoisoner(BaseEstimator):
     n_poisoned_ : int
         Number of poisoned rows (fewer than asked, with a warning, when too
         few rows are eligible).
+
+    See Also
+    --------
+    Trigger : The trigger stamped on the poisoned rows.
+    PruningAwareAttack : An attack designed to survive pruning.
 
     References
     ----------
@@ -119,12 +123,16 @@ class BackdoorPoisoner(BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            The clean training images.
         y : array-like of shape (n_samples,)
+            Their labels.
 
         Returns
         -------
-        X_poisoned : ndarray, same shape as ``X``, float32
+        X_poisoned : ndarray of the shape of ``X``, float32
+            The images, the poisoned rows stamped with their trigger.
         y_poisoned : ndarray of shape (n_samples,), int64
+            The labels, the poisoned rows relabelled to their target.
         """
         self._validate_params()
         X_img = check_images(X, name="X", caller="BackdoorPoisoner")
