@@ -21,31 +21,32 @@ try:  # POSIX; elsewhere two workers may build the same benchmark at once
 except ImportError:
     fcntl = None
 
-_BENCHES = {}
-_SHARED_DIR = None  # set when pytest-xdist runs the suite: workers share built benchmarks
+_RESULTS = {}
+_SHARED_DIR = None  # set when pytest-xdist runs the suite: workers share what they build
+
+
+def shared_result(key, build):
+    """``build()``, computed once per test session for each ``key``.
+
+    Under pytest-xdist the first worker that needs a result builds it and
+    pickles it to a directory all workers share (under a file lock); the others
+    load it instead of training or fitting the same models again. Tests must not
+    modify what it returns (defenses never do: that is tested).
+    """
+    if key not in _RESULTS:
+        _RESULTS[key] = _build_shared(key, build) if _SHARED_DIR is not None else build()
+    return _RESULTS[key]
 
 
 def get_benchmark(dataset="digits", attack="badnets", random_state=0, **kwargs):
-    """Build ``make_backdoor_benchmark`` once per session for each argument set.
-
-    Under pytest-xdist the first worker that needs a benchmark builds it and
-    pickles it to a directory all workers share (under a file lock); the others
-    load it instead of training the same models again. Tests must not modify
-    what it returns (defenses never do: that is tested).
-    """
-    key = (dataset, attack, random_state, tuple(sorted(kwargs.items())))
-    if key not in _BENCHES:
-        _BENCHES[key] = _build_shared(key) if _SHARED_DIR is not None else _build(key)
-    return _BENCHES[key]
+    """``make_backdoor_benchmark`` built once per session for each argument set (:func:`shared_result`)."""
+    key = ("benchmark", dataset, attack, random_state, tuple(sorted(kwargs.items())))
+    return shared_result(key, lambda: make_backdoor_benchmark(dataset, attack=attack, random_state=random_state,
+                                                              **kwargs))
 
 
-def _build(key):
-    dataset, attack, random_state, kwargs = key
-    return make_backdoor_benchmark(dataset, attack=attack, random_state=random_state, **dict(kwargs))
-
-
-def _build_shared(key):
-    path = _SHARED_DIR / f"bench-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.pkl"
+def _build_shared(key, build):
+    path = _SHARED_DIR / f"result-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.pkl"
     with open(path.with_suffix(".lock"), "w") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -53,12 +54,12 @@ def _build_shared(key):
             # written by a worker of this same session, never a user file
             with open(path, "rb") as f:
                 return pickle.load(f)
-        bench = _build(key)
+        result = build()
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            pickle.dump(bench, f)
+            pickle.dump(result, f)
         os.replace(tmp, path)
-        return bench
+        return result
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -66,7 +67,7 @@ def _share_benchmarks_between_workers(tmp_path_factory):
     global _SHARED_DIR
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # the parent of each worker's base temp dir is common to the whole session
-        _SHARED_DIR = tmp_path_factory.getbasetemp().parent / "shared-benchmarks"
+        _SHARED_DIR = tmp_path_factory.getbasetemp().parent / "shared-results"
         _SHARED_DIR.mkdir(exist_ok=True)
 
 

@@ -9,7 +9,7 @@ from sklearn.neural_network import MLPClassifier
 from contracts import check_same_seed_same_result, raises_naming, watch
 
 from backdoorlearn import BackdoorPoisoner, NeuralCleanse, Trigger
-from backdoorlearn.inspection import mad_anomaly_index
+from backdoorlearn.inspection import log_anomaly_scores, mad_anomaly_index
 from backdoorlearn.metrics import attack_success_rate
 from backdoorlearn.models import train_classifier
 
@@ -253,6 +253,47 @@ def test_mad_anomaly_index_never_nan():
     assert idx[-1] == np.inf and idx[0] == 0
 
 
+def test_log_anomaly_scores_are_scale_free_and_leave_the_candidate_out():
+    # Wide clean spread (25 to 108) with a target 5x below the median: the paper's
+    # index of the raw norms ranks it with the hardest clean label; the log score does not.
+    norms = np.array([60.0, 25.0, 108.0, 70.0, 48.0, 11.0, 85.0, 59.0, 40.0, 66.0])
+    scores = log_anomaly_scores(norms)
+    assert np.argmax(scores) == 5 and scores[5] > 3.5 > np.delete(scores, 5).max()
+    np.testing.assert_allclose(log_anomaly_scores(norms * 7.3), scores)  # the scale does not matter
+    paper, _, _ = mad_anomaly_index(norms)
+    assert paper[5] == pytest.approx(paper[2])
+    # leave one out: a candidate's own norm is not in its reference
+    manual = (np.median(np.log(np.delete(norms, 5))) - np.log(11.0)) / (
+        1.4826 * np.median(np.abs(np.log(np.delete(norms, 5)) - np.median(np.log(np.delete(norms, 5))))))
+    assert scores[5] == pytest.approx(manual)
+
+
+def test_log_anomaly_scores_groups_and_floor():
+    norms = np.array([10.0, 10.1, 9.9, 10.0, 2.0, 20.0, 20.2, 19.8, 20.0, 20.1])
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    scores = log_anomaly_scores(norms, groups=groups)
+    assert np.argmax(scores) == 4
+    # norms within 1% of each other: the floor on the spread keeps their scores small
+    assert np.abs(np.delete(scores, 4)).max() < 0.2
+    assert np.isnan(log_anomaly_scores([1.0, 2.0, 3.0], groups=[0, 0, 1])).all()
+    with pytest.raises(ValueError, match="positive finite norms"):
+        log_anomaly_scores([1.0, 0.0, 2.0])
+
+
+@pytest.mark.slow
+def test_decision_rules_on_the_same_norms(nc_digits, digits_bench):
+    # The paper's rule flags what its definition says, from the same optimization.
+    X, y = defender_data(digits_bench)
+    paper = NeuralCleanse(random_state=0, decision_rule="mad").fit(digits_bench.backdoored_model, X, y)
+    np.testing.assert_array_equal(paper.l1_norms_, nc_digits.l1_norms_)
+    below = paper.l1_norms_ < paper.median_l1_norm_
+    expected = set(paper.labels_[below & (paper.anomaly_indices_ > 2)].tolist())
+    assert set(paper.flagged_labels_) == expected and paper.decision_threshold_ == 2.0
+    assert nc_digits.decision_threshold_ == 3.5
+    np.testing.assert_allclose(nc_digits.decision_scores_, log_anomaly_scores(nc_digits.l1_norms_))
+    np.testing.assert_array_equal(paper.anomaly_indices_, nc_digits.anomaly_indices_)  # the paper's figure either way
+
+
 # ---------------------------------------------------------------------- errors
 def test_errors(digits_bench):
     b = digits_bench
@@ -275,6 +316,8 @@ def test_errors(digits_bench):
         NeuralCleanse(steps=0).fit(b.backdoored_model, X)
     with raises_naming("train_batch_size"):
         NeuralCleanse(train_batch_size=0).fit(b.backdoored_model, X)
+    with raises_naming("decision_rule"):
+        NeuralCleanse(decision_rule="zscore").fit(b.backdoored_model, X)
 
 
 def test_nan_logits_raise_clear_error():
