@@ -9,11 +9,13 @@ from ._hackml import load_hackml_h5
 from ._mnist import load_mnist
 from ._mnist5k import load_mnist5k
 from ._signs import make_traffic_signs
-from ._zoo import ZooModel, ZooSpec, get_data_home, load_zoo_model, make_model_zoo, make_trigger, zoo_specs
+from ._zoo import (ZooModel, ZooSpec, ZooTruth, get_data_home, load_zoo_model, make_model_zoo, make_trigger,
+                   zoo_specs)
 
 __all__ = [
     "ZooModel",
     "ZooSpec",
+    "ZooTruth",
     "get_data_home",
     "load_mnist5k",
     "load_zoo_model",
