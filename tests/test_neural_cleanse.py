@@ -9,7 +9,7 @@ from sklearn.neural_network import MLPClassifier
 from contracts import check_same_seed_same_result, raises_naming, watch
 
 from backdoorlearn import BackdoorPoisoner, NeuralCleanse, Trigger
-from backdoorlearn.inspection import log_anomaly_scores, mad_anomaly_index
+from backdoorlearn.inspection import log_anomaly_scores, log_norm_thresholds, mad_anomaly_index
 from backdoorlearn.metrics import attack_success_rate
 from backdoorlearn.models import train_classifier
 
@@ -280,6 +280,20 @@ def test_log_anomaly_scores_groups_and_floor():
         log_anomaly_scores([1.0, 0.0, 2.0])
 
 
+def test_log_norm_thresholds_are_the_scores_threshold_in_norm_units():
+    rng = np.random.RandomState(0)
+    norms = np.exp(rng.normal(3.5, 0.6, size=30))
+    groups = np.repeat(np.arange(3), 10)
+    for threshold in (1.0, 2.5, 3.5):
+        bounds = log_norm_thresholds(norms, threshold, groups=groups)
+        scores = log_anomaly_scores(norms, groups=groups)
+        np.testing.assert_array_equal(norms < bounds, scores > threshold)
+        # the score of a norm placed exactly on its bound is the threshold
+        moved = norms.copy()
+        moved[4] = bounds[4]
+        assert log_anomaly_scores(moved, groups=groups)[4] == pytest.approx(threshold)
+
+
 @pytest.mark.slow
 def test_decision_rules_on_the_same_norms(nc_digits, digits_bench):
     # The paper's rule flags what its definition says, from the same optimization.
@@ -291,6 +305,9 @@ def test_decision_rules_on_the_same_norms(nc_digits, digits_bench):
     assert set(paper.flagged_labels_) == expected and paper.decision_threshold_ == 2.0
     assert nc_digits.decision_threshold_ == 3.5
     np.testing.assert_allclose(nc_digits.decision_scores_, log_anomaly_scores(nc_digits.l1_norms_))
+    for nc in (paper, nc_digits):
+        below = nc.l1_norms_ < nc.decision_norm_thresholds_
+        assert set(nc.flagged_labels_) == set(nc.labels_[below].tolist())
     np.testing.assert_array_equal(paper.anomaly_indices_, nc_digits.anomaly_indices_)  # the paper's figure either way
 
 

@@ -17,7 +17,7 @@ from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_l
 from ..metrics import attack_success_rate
 from ..models import ModelAdapter
 from ..triggers import Trigger
-from ._decision import log_anomaly_scores
+from ._decision import log_anomaly_scores, log_norm_thresholds
 from ._reverse import Task, reverse_chunk
 
 __all__ = ["NeuralCleanse", "mad_anomaly_index"]
@@ -220,6 +220,11 @@ class NeuralCleanse(BaseEstimator):
         signed by the side of the median for ``"mad"``.
     decision_threshold_ : float
         The threshold the scores were compared with.
+    decision_norm_thresholds_ : ndarray of shape (n_candidates,)
+        The same decision in the units of the norms: a fully optimized
+        candidate is flagged when its norm lies below its entry (one value
+        per candidate for ``"log-mad"``, whose reference leaves the candidate
+        out; ``median - threshold * MAD`` for every candidate with ``"mad"``).
     backdoor_detected_ : bool
         Whether any label (pair) is flagged.
     median_l1_norm_, mad_ : float
@@ -507,6 +512,13 @@ class NeuralCleanse(BaseEstimator):
         self.decision_threshold_ = float(self.anomaly_threshold if self.anomaly_threshold is not None
                                          else _DEFAULT_THRESHOLD[self.decision_rule])
         # Only fully optimized candidates can be flagged (all of them in full mode).
+        if self.decision_rule == "mad":
+            self.decision_norm_thresholds_ = np.full(
+                len(est_norms), self.median_l1_norm_ - self.decision_threshold_ * self.mad_)
+        else:
+            self.decision_norm_thresholds_ = log_norm_thresholds(
+                np.maximum(est_norms, 1e-12), self.decision_threshold_,
+                groups=self.pairs_[:, 0] if self.pairs_ is not None else None)
         flagged = np.flatnonzero(self.fully_optimized_ & (self.decision_scores_ > self.decision_threshold_))
         flagged = flagged[np.argsort(-self.decision_scores_[flagged], kind="stable")]
         if self.pairs is not None:
