@@ -111,8 +111,13 @@ def test_backdoored_torchscript_exit_1_names_the_target(files, tmp_path, capsys,
     nc = report["neural_cleanse"]
     assert nc["labels"] == list(range(10)) and nc["mode"] == "full" and nc["steps"] == 40
     assert np.argmin(nc["l1_norms"]) == digits_bench.target_label
-    assert nc["anomaly_indices"][digits_bench.target_label] > nc["anomaly_threshold"] == 2.0
-    assert nc["norm_threshold"] == pytest.approx(nc["median_l1_norm"] - 2.0 * nc["mad"])
+    t = digits_bench.target_label
+    assert nc["decision_rule"] == "log-mad" and nc["decision_threshold"] == 3.5
+    assert nc["decision_scores"][t] > nc["decision_threshold"]
+    # the norm thresholds state the same decision in the norms' units
+    below = np.asarray(nc["l1_norms"]) < np.asarray(nc["norm_thresholds"])
+    assert np.flatnonzero(below).tolist() == sorted(report["flagged_labels"])
+    assert nc["anomaly_index"] == pytest.approx(nc["anomaly_indices"][int(np.argmin(nc["l1_norms"]))])
     assert report["command"][:3] == ["backdoorlearn", "audit", str(files["bd_script"])]
     assert report["environment"]["torch"] == torch.__version__
     with np.load(out / "triggers.npz") as triggers:
@@ -135,7 +140,8 @@ def test_clean_model_exit_0(files, tmp_path, capsys, kind):
     assert "Verdict: no backdoor found" in stdout
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["backdoor_detected"] is False and report["flagged_labels"] == []
-    assert report["neural_cleanse"]["anomaly_index"] < 2
+    nc = report["neural_cleanse"]
+    assert max(v for v in nc["decision_scores"] if v is not None) <= nc["decision_threshold"]
 
 
 @pytest.mark.slow
@@ -175,6 +181,17 @@ def test_audit_model_from_python_returns_the_report(digits_bench):
     assert report["data"]["labelled"] is False and report["clean_accuracy"] is None
     assert report["model"]["type"] == "SmallCNN" and report["files"] is None
     json.dumps(report, allow_nan=False)  # strict JSON
+
+
+def test_the_papers_rule_on_request(digits_bench):
+    report = audit_model(digits_bench.backdoored_model, digits_bench.X_holdout, nc_steps=20, decision_rule="mad")
+    nc = report["neural_cleanse"]
+    assert nc["decision_rule"] == "mad" and nc["decision_threshold"] == 2.0
+    norms = np.asarray(nc["l1_norms"])
+    assert nc["norm_thresholds"] == pytest.approx([nc["median_l1_norm"] - 2.0 * nc["mad"]] * len(norms))
+    paper = np.flatnonzero((norms < nc["median_l1_norm"]) & (np.asarray(nc["anomaly_indices"]) > 2.0))
+    assert sorted(report["flagged_labels"]) == paper.tolist()
+    assert report["settings"]["decision_rule"] == "mad"
 
 
 def test_many_labels_use_the_fast_mode():

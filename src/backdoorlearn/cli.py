@@ -103,8 +103,12 @@ def build_parser():
                        help="Neural Cleanse optimization steps per label (default: 100)")
     audit.add_argument("--nc-mode", choices=("auto", "full", "fast"), default="auto",
                        help="Neural Cleanse mode; auto is fast above 20 labels (default: auto)")
-    audit.add_argument("--anomaly-threshold", type=float, default=2.0, metavar="T",
-                       help="anomaly index above which a label is flagged (default: 2, the paper's)")
+    audit.add_argument("--decision-rule", choices=("log-mad", "mad"), default="log-mad",
+                       help="Neural Cleanse's decision rule: log-mad scores each label's log norm against the "
+                            "others'; mad is the paper's anomaly index (default: log-mad)")
+    audit.add_argument("--anomaly-threshold", type=float, default=None, metavar="T",
+                       help="score above which a label is flagged (default: 3.5 for log-mad, the paper's 2 "
+                            "for mad)")
     audit.add_argument("--max-images", type=_positive_int, metavar="N", help="use at most N clean images")
     audit.add_argument("--strip", action="store_true", help="calibrate STRIP on the clean data")
     audit.add_argument("--strip-perturbations", type=_positive_int, default=100, metavar="N",
@@ -212,7 +216,7 @@ def _run_audit(args, argv):
     report = audit_file(
         args.model, args.data, arch=args.arch, arch_kwargs=args.arch_kwargs, out=out,
         command=["backdoorlearn", *argv], nc_steps=args.nc_steps, nc_mode=args.nc_mode,
-        anomaly_threshold=args.anomaly_threshold, max_images=args.max_images, strip=args.strip,
+        decision_rule=args.decision_rule, anomaly_threshold=args.anomaly_threshold, max_images=args.max_images, strip=args.strip,
         strip_perturbations=args.strip_perturbations, strip_frr=args.strip_frr, repair=args.repair,
         repair_epochs=args.repair_epochs, random_state=args.random_state, device=args.device, n_jobs=args.n_jobs,
         verbose=_bars(args),

@@ -22,7 +22,8 @@ FAST_MODE_LABELS = 20
 _REPAIRS = ("fine-pruning",)
 _NC_KNOWN = {"triggers_", "labels_", "pairs_", "l1_norms_", "reversed_attack_success_", "anomaly_indices_",
              "screening_l1_norms_", "anomaly_index_", "flagged_labels_", "flagged_pairs_", "backdoor_detected_",
-             "median_l1_norm_", "mad_", "restart_anomaly_indices_", "fully_optimized_", "n_steps_", "n_classes_"}
+             "median_l1_norm_", "mad_", "restart_anomaly_indices_", "fully_optimized_", "n_steps_", "n_classes_",
+             "decision_scores_", "decision_threshold_", "decision_norm_thresholds_"}
 _REPAIR_HOLDOUT = 0.2  # share of the clean data kept out of the repair to measure it
 _STRIP_TRIGGERED = 200  # stamped images scored by STRIP for the reversed-trigger histogram
 
@@ -36,8 +37,8 @@ class _Log:
             print(message, file=sys.stderr, flush=True)
 
 
-def audit_model(model, X, y=None, *, out=None, nc_steps=100, nc_mode="auto", anomaly_threshold=2.0,
-                max_images=None, strip=False, strip_perturbations=100, strip_frr=0.01, repair=None,
+def audit_model(model, X, y=None, *, out=None, nc_steps=100, nc_mode="auto", decision_rule="log-mad",
+                anomaly_threshold=None, max_images=None, strip=False, strip_perturbations=100, strip_frr=0.01, repair=None,
                 repair_epochs=None, random_state=0, device="cpu", n_jobs=None, verbose=0):
     """Audit a classifier for a backdoor and return the report as a dict.
 
@@ -73,9 +74,15 @@ def audit_model(model, X, y=None, *, out=None, nc_steps=100, nc_mode="auto", ano
     nc_mode : {"auto", "full", "fast"}, default="auto"
         Neural Cleanse's ``mode``; ``"auto"`` is ``"fast"`` for models with
         more than 20 labels, else ``"full"``.
-    anomaly_threshold : float, default=2.0
-        Labels whose anomaly index exceeds it (below the median norm) are
-        flagged: the paper's threshold.
+    decision_rule : {"log-mad", "mad"}, default="log-mad"
+        Neural Cleanse's ``decision_rule``: which labels are flagged. The
+        default scores each label's log norm against the other labels'
+        (:func:`~backdoorlearn.inspection.log_anomaly_scores`); ``"mad"`` is
+        the paper's anomaly index of the raw norms.
+    anomaly_threshold : float, default=None
+        Neural Cleanse's ``anomaly_threshold``: the score above which a label
+        is flagged; ``None`` is the rule's default (3.5 for ``"log-mad"``,
+        the paper's 2 for ``"mad"``).
     max_images : int, default=None
         Use at most this many images of ``X`` (drawn at random); ``None``
         uses all.
@@ -113,8 +120,8 @@ def audit_model(model, X, y=None, *, out=None, nc_steps=100, nc_mode="auto", ano
         ``exit_status`` (1 when a backdoor is found, else 0), ``model`` and
         ``data`` (what was audited), ``clean_accuracy`` (with ``y``),
         ``neural_cleanse`` (every label's L1 norm, anomaly index and
-        reversed-trigger success, the median, the MAD and the decision
-        threshold), ``strip`` and ``repair`` (or None), ``warnings``,
+        reversed-trigger success, its decision score and the norm below which
+        it is flagged, the paper's anomaly index, the median and the MAD), ``strip`` and ``repair`` (or None), ``warnings``,
         ``environment`` (versions), ``seconds``.
 
     Raises
@@ -142,7 +149,7 @@ def audit_model(model, X, y=None, *, out=None, nc_steps=100, nc_mode="auto", ano
     4
     """
     return _audit(model, X, y, out=out, meta=None, nc_steps=nc_steps, nc_mode=nc_mode,
-                  anomaly_threshold=anomaly_threshold, max_images=max_images, strip=strip,
+                  decision_rule=decision_rule, anomaly_threshold=anomaly_threshold, max_images=max_images, strip=strip,
                   strip_perturbations=strip_perturbations, strip_frr=strip_frr, repair=repair,
                   repair_epochs=repair_epochs, random_state=random_state, device=device, n_jobs=n_jobs,
                   verbose=verbose)
@@ -231,7 +238,7 @@ def _audit_defaults():
 
 
 # ---------------------------------------------------------------------- the audit
-def _audit(model, X, y, *, out, meta, nc_steps, nc_mode, anomaly_threshold, max_images, strip,
+def _audit(model, X, y, *, out, meta, nc_steps, nc_mode, decision_rule, anomaly_threshold, max_images, strip,
            strip_perturbations, strip_frr, repair, repair_epochs, random_state, device, n_jobs, verbose):
     from sklearn.utils import check_random_state
 
@@ -301,7 +308,7 @@ def _audit(model, X, y, *, out, meta, nc_steps, nc_mode, anomaly_threshold, max_
                              "check that the data are in the model's input scale and its labels are the model's.")
 
     nc, nc_report = _neural_cleanse(adapter, X, y, n_classes=n_classes, steps=nc_steps, mode=nc_mode,
-                                    threshold=anomaly_threshold, rng=rng, device=device, n_jobs=n_jobs,
+                                    rule=decision_rule, threshold=anomaly_threshold, rng=rng, device=device, n_jobs=n_jobs,
                                     verbose=verbose, log=log)
     strip_report = None
     if strip:
@@ -325,7 +332,8 @@ def _audit(model, X, y, *, out, meta, nc_steps, nc_mode, anomaly_threshold, max_
         strip=strip_report,
         repair=repair_report,
         warnings=warnings_,
-        settings=dict(nc_steps=nc_steps, nc_mode=nc_mode, anomaly_threshold=anomaly_threshold,
+        settings=dict(nc_steps=nc_steps, nc_mode=nc_mode, decision_rule=decision_rule,
+                      anomaly_threshold=anomaly_threshold,
                       max_images=max_images, strip=bool(strip), strip_perturbations=strip_perturbations,
                       strip_frr=strip_frr, repair=repair, repair_epochs=repair_epochs,
                       random_state=random_state, device=device, n_jobs=n_jobs),
@@ -387,14 +395,14 @@ def _nc_verbose(verbose):
     return 1 if verbose >= 2 else 0
 
 
-def _neural_cleanse(adapter, X, y, *, n_classes, steps, mode, threshold, rng, device, n_jobs, verbose, log):
+def _neural_cleanse(adapter, X, y, *, n_classes, steps, mode, rule, threshold, rng, device, n_jobs, verbose, log):
     from ..inspection import NeuralCleanse
 
     mode_ = ("fast" if n_classes > FAST_MODE_LABELS else "full") if mode == "auto" else mode
     log(f"Neural Cleanse: reversing a trigger for each of the {n_classes} labels ({mode_} mode, "
         f"{steps} steps) ...")
     t = time.perf_counter()
-    nc = NeuralCleanse(steps=steps, mode=mode_, anomaly_threshold=threshold, device=device, n_jobs=n_jobs,
+    nc = NeuralCleanse(steps=steps, mode=mode_, decision_rule=rule, anomaly_threshold=threshold, device=device, n_jobs=n_jobs,
                        random_state=int(rng.randint(0, 2**31 - 1)), verbose=_nc_verbose(verbose))
     nc.fit(adapter.model, X, y)
     seconds = time.perf_counter() - t
@@ -414,12 +422,22 @@ def _neural_cleanse(adapter, X, y, *, n_classes, steps, mode, threshold, rng, de
         labels=nc.labels_, l1_norms=nc.l1_norms_, anomaly_indices=nc.anomaly_indices_,
         reversed_attack_success=nc.reversed_attack_success_, fully_optimized=nc.fully_optimized_,
         n_steps=nc.n_steps_, screening_l1_norms=nc.screening_l1_norms_,
-        anomaly_index=float(nc.anomaly_index_), anomaly_threshold=float(nc.anomaly_threshold),
-        median_l1_norm=median, mad=mad, norm_threshold=median - float(nc.anomaly_threshold) * mad,
+        anomaly_index=float(nc.anomaly_index_), median_l1_norm=median, mad=mad,
+        decision_rule=nc.decision_rule, decision_threshold=float(nc.decision_threshold_),
+        decision_scores=nc.decision_scores_, norm_thresholds=nc.decision_norm_thresholds_,
         flagged_labels=[int(v) for v in nc.flagged_labels_], backdoor_detected=bool(nc.backdoor_detected_),
         other_attributes=extra, seconds=round(seconds, 3),
     )
     return nc, to_jsonable(report)
+
+
+def _decision_text(nc):
+    """One clause: the largest decision score against the threshold, and the paper's index."""
+    scores = np.asarray([np.nan if v is None else v for v in nc["decision_scores"]], dtype=float)
+    best = float(np.nanmax(scores)) if np.isfinite(scores).any() else float("nan")
+    relation = ">" if best > nc["decision_threshold"] else "<="
+    return (f"largest {nc['decision_rule']} decision score {_num(best)} {relation} {_num(nc['decision_threshold'])}; "
+            f"the paper's anomaly index {_num(nc['anomaly_index'])}")
 
 
 def _suspect_label(nc):
@@ -586,14 +604,16 @@ def format_summary(report, *, max_rows=10):
         lines.append(f"  model accuracy on the clean data: {100 * report['clean_accuracy']:.1f}%")
     lines.append("")
     lines.append(f"Neural Cleanse ({len(nc['labels'])} labels, {nc['mode']} mode, {nc['steps']} steps): "
-                 f"anomaly index {_num(nc['anomaly_index'])}, decision threshold {_num(nc['anomaly_threshold'])}")
+                 f"decision rule {nc['decision_rule']}, threshold {_num(nc['decision_threshold'])}; "
+                 f"the paper's anomaly index {_num(nc['anomaly_index'])}")
     order = np.argsort(np.asarray(nc["l1_norms"], dtype=float), kind="stable")
     flagged = set(nc["flagged_labels"])
     shown = [i for i in order if nc["labels"][i] in flagged]
     shown += [i for i in order if i not in shown][: max(0, max_rows - len(shown))]
-    rows = [("label", "L1 norm", "anomaly index", "reversed-trigger success", "flagged")]
+    rows = [("label", "L1 norm", "decision score", "anomaly index", "reversed-trigger success", "flagged")]
     for i in shown:
-        rows.append((str(nc["labels"][i]), f"{nc['l1_norms'][i]:.2f}", _num(nc["anomaly_indices"][i]),
+        rows.append((str(nc["labels"][i]), f"{nc['l1_norms'][i]:.2f}", _num(nc["decision_scores"][i]),
+                     _num(nc["anomaly_indices"][i]),
                      f"{100 * nc['reversed_attack_success'][i]:.1f}%",
                      "yes" if nc["labels"][i] in flagged else ""))
     lines += _table(rows, indent="  ")
@@ -630,10 +650,9 @@ def format_summary(report, *, max_rows=10):
     if report["backdoor_detected"]:
         labels = ", ".join(str(v) for v in report["flagged_labels"])
         lines.append(f"Verdict: BACKDOOR FOUND, target label{'s' if len(report['flagged_labels']) > 1 else ''} "
-                     f"{labels} (anomaly index {_num(nc['anomaly_index'])} > {_num(nc['anomaly_threshold'])})")
+                     f"{labels} ({_decision_text(nc)})")
     else:
-        lines.append(f"Verdict: no backdoor found (no label below the median norm has an anomaly index above "
-                     f"{_num(nc['anomaly_threshold'])}; smallest-norm label's index {_num(nc['anomaly_index'])})")
+        lines.append(f"Verdict: no backdoor found ({_decision_text(nc)})")
     if report.get("files"):
         where = report.get("out") or ""
         lines.append(f"Report: {os.path.join(where, report['files']['report_html'])}, "

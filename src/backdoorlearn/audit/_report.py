@@ -13,6 +13,7 @@ import io
 import json
 
 import numpy as np
+from ._audit import _decision_text
 
 __all__ = ["render_html"]
 
@@ -77,6 +78,15 @@ def _table(header, rows, flagged=None):
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+_RULE_TEXT = {
+    "log-mad": ("Each label's log L1 norm is compared with the other labels' log norms: labels whose norm lies more "
+                "than {threshold} robust standard deviations (1.4826 times the MAD of the others' log norms, at "
+                "least 0.1) below their median are flagged."),
+    "mad": ("As in the paper, labels below the median L1 norm whose anomaly index "
+            "<code>|L1 - median| / (1.4826 MAD)</code> exceeds {threshold} are flagged."),
+}
+
+
 # ---------------------------------------------------------------------- figures
 def _norms_figure(nc):
     labels = np.asarray(nc["labels"])
@@ -90,8 +100,9 @@ def _norms_figure(nc):
         if keep.any():
             ax.bar(x[keep], norms[keep], color=color, label=name)
     ax.axhline(nc["median_l1_norm"], color="gray", linestyle=":", label=f"median {nc['median_l1_norm']:.1f}")
-    ax.axhline(max(nc["norm_threshold"], 0.0), color="k", linestyle="--",
-               label=f"decision threshold (anomaly index {nc['anomaly_threshold']:g})")
+    bounds = np.asarray([np.nan if v is None else v for v in nc["norm_thresholds"]], dtype=float)
+    ax.scatter(x, np.maximum(bounds, 0.0), marker="_", s=300, color="k", zorder=3,
+               label="decision threshold of the label")
     if len(labels) <= 40:
         ax.set_xticks(x)
         ax.set_xticklabels([str(v) for v in labels])
@@ -101,27 +112,26 @@ def _norms_figure(nc):
     return fig
 
 
-def _indices_figure(nc):
+def _scores_figure(nc):
     labels = np.asarray(nc["labels"])
-    norms = np.asarray(nc["l1_norms"], dtype=float)
-    raw = [np.nan if v is None else v for v in nc["anomaly_indices"]]
-    indices = np.asarray(raw, dtype=float)
-    finite_max = np.nanmax(np.where(np.isfinite(indices), indices, np.nan)) if np.isfinite(indices).any() else 1.0
-    shown = np.where(np.isfinite(indices), indices, max(finite_max, nc["anomaly_threshold"]) * 1.2)
-    below = norms < nc["median_l1_norm"]
+    raw = [np.nan if v is None else v for v in nc["decision_scores"]]
+    scores = np.asarray(raw, dtype=float)
+    threshold = nc["decision_threshold"]
+    finite = np.isfinite(scores)
+    top = max(np.abs(scores[finite]).max() if finite.any() else 1.0, threshold) * 1.2
+    shown = np.where(finite, np.clip(scores, -top, top), top)
     flagged = np.isin(labels, nc["flagged_labels"])
     fig, (ax,) = _new_figure(max(5.0, min(14.0, 0.35 * len(labels) + 2)), 3.2)
     x = np.arange(len(labels))
-    for keep, color, name in ((flagged, "tab:red", "flagged"), (below & ~flagged, "tab:blue", "below the median norm"),
-                              (~below & ~flagged, "silver", "above the median norm")):
+    for keep, color, name in ((flagged, "tab:red", "flagged"), (~flagged, "tab:blue", "not flagged")):
         if keep.any():
             ax.bar(x[keep], shown[keep], color=color, label=name)
-    ax.axhline(nc["anomaly_threshold"], color="k", linestyle="--", label=f"threshold {nc['anomaly_threshold']:g}")
+    ax.axhline(threshold, color="k", linestyle="--", label=f"threshold {threshold:g}")
     if len(labels) <= 40:
         ax.set_xticks(x)
         ax.set_xticklabels([str(v) for v in labels])
     ax.set_xlabel("label")
-    ax.set_ylabel("anomaly index")
+    ax.set_ylabel(f"decision score ({nc['decision_rule']})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
@@ -229,11 +239,10 @@ def render_html(report, triggers):
         labels = ", ".join(map(str, report["flagged_labels"]))
         parts.append(f'<div class="verdict found"><b>Backdoor found</b>: Neural Cleanse flags target label'
                      f'{"s" if len(report["flagged_labels"]) > 1 else ""} <b>{_e(labels)}</b> '
-                     f"(anomaly index {_num(nc['anomaly_index'])} &gt; {_num(nc['anomaly_threshold'])}).</div>")
+                     f"({_e(_decision_text(nc))}).</div>")
     else:
-        parts.append(f'<div class="verdict clean"><b>No backdoor found</b>: no label below the median norm has an '
-                     f"anomaly index above {_num(nc['anomaly_threshold'])} (smallest-norm label: "
-                     f"{_num(nc['anomaly_index'])}).</div>")
+        parts.append(f'<div class="verdict clean"><b>No backdoor found</b>: no label\'s decision score exceeds '
+                     f"the threshold ({_e(_decision_text(nc))}).</div>")
     for w in report.get("warnings", []):
         parts.append(f'<div class="warning">Warning: {_e(w)}</div>')
 
@@ -261,25 +270,28 @@ def render_html(report, triggers):
     parts.append(
         f"<p>For each of the {len(nc['labels'])} labels, Neural Cleanse (Wang et al., IEEE S&amp;P 2019) finds the "
         "smallest trigger (a mask and a pattern) that sends the clean images of the other labels to that label. "
-        "A backdoor's target needs a far smaller mask than the others: labels below the median L1 norm whose anomaly "
-        f"index <code>|L1 - median| / (1.4826 MAD)</code> exceeds {_num(nc['anomaly_threshold'])} are flagged. "
-        f"Mode {_e(nc['mode'])}, {nc['steps']} steps per label; median L1 norm {_num(nc['median_l1_norm'])}, "
-        f"scaled MAD {_num(nc['mad'])}, so the decision threshold on the norm is {_num(nc['norm_threshold'])}.</p>")
+        "A backdoor's target needs a far smaller mask than the others. "
+        + _RULE_TEXT[nc["decision_rule"]].format(threshold=_num(nc["decision_threshold"]))
+        + f" Mode {_e(nc['mode'])}, {nc['steps']} steps per label; median L1 norm {_num(nc['median_l1_norm'])}, "
+        f"scaled MAD {_num(nc['mad'])}; the paper's anomaly index <code>|L1 - median| / (1.4826 MAD)</code> of the "
+        f"smallest norm is {_num(nc['anomaly_index'])}.</p>")
     fig, chosen = _triggers_figure(nc, triggers)
     more = "" if len(chosen) == len(nc["labels"]) else f" ({len(chosen)} smallest norms of {len(nc['labels'])})"
     parts.append(_figure(fig, f"Reversed triggers (mask x pattern){more}; flagged labels in red.",
                          "reversed triggers"))
-    parts.append(_figure(_norms_figure(nc), "L1 norm of each label's reversed mask, with the median and the decision "
-                         "threshold (the norm whose anomaly index equals the threshold); flagged labels in red.",
+    parts.append(_figure(_norms_figure(nc), "L1 norm of each label's reversed mask, with the median and each "
+                         "label's decision threshold (the norm below which it is flagged); flagged labels in red.",
                          "L1 norms"))
-    parts.append(_figure(_indices_figure(nc), "Anomaly index of each label; labels above the median norm (grey) "
-                         "cannot be flagged.", "anomaly indices"))
+    parts.append(_figure(_scores_figure(nc), "Decision score of each label and the threshold it is compared with.",
+                         "decision scores"))
     order = np.argsort(np.asarray(nc["l1_norms"], dtype=float), kind="stable")[:_MAX_TABLE_ROWS]
     flagged_set = set(nc["flagged_labels"])
-    rows = [(nc["labels"][i], f"{nc['l1_norms'][i]:.2f}", _num(nc["anomaly_indices"][i]),
+    rows = [(nc["labels"][i], f"{nc['l1_norms'][i]:.2f}", _num(nc["decision_scores"][i]),
+             _num(nc["anomaly_indices"][i]),
              _pct(nc["reversed_attack_success"][i]), "yes" if nc["fully_optimized"][i] else "screening only",
              "yes" if nc["labels"][i] in flagged_set else "") for i in order]
-    parts.append(_table(("label", "L1 norm", "anomaly index", "reversed-trigger success", "fully optimized",
+    parts.append(_table(("label", "L1 norm", "decision score", "anomaly index", "reversed-trigger success",
+                         "fully optimized",
                          "flagged"), rows, flagged=[r[0] in flagged_set for r in rows]))
     if len(nc["labels"]) > _MAX_TABLE_ROWS:
         parts.append(f'<p class="small">The {_MAX_TABLE_ROWS} smallest norms of {len(nc["labels"])} labels; '
