@@ -578,6 +578,9 @@ def format_summary(report, *, max_rows=10):
     Returns
     -------
     text : str
+        Lines joined by newlines: the model and the clean data audited, the
+        Neural Cleanse table of per-label norms, the STRIP and Fine-Pruning
+        results when the report holds them, any warnings, and the verdict.
 
     Examples
     --------

@@ -420,7 +420,11 @@ def load_cifar10(directory, subset="train", *, max_bytes=DEFAULT_MAX_BYTES):
     Returns
     -------
     X : ndarray of shape (n, 3, 32, 32), float32 in [0, 1]
+        The images, channels first, the bytes divided by 255, in the
+        order of the batches.
     y : ndarray of shape (n,), int64 in [0, 9]
+        The class of each image (CIFAR-10's label order: airplane,
+        automobile, bird, cat, deer, dog, frog, horse, ship, truck).
 
     Raises
     ------

@@ -59,8 +59,10 @@ def load_data_file(path):
     Returns
     -------
     X : ndarray of shape (n_samples, C, H, W), float32
+        The images, channels first, scaled as described above for each
+        format.
     y : ndarray of shape (n_samples,) of int64, or None
-        None when the source holds no labels.
+        The label of each image; None when the source holds no labels.
 
     Raises
     ------

@@ -56,20 +56,56 @@ class ZooSpec:
     a clean entry keeps the trigger an attack would have used, so its attack
     success can be measured.
 
-    Attributes
+    Parameters
     ----------
     name : str
-        Unique name, e.g. ``"heldout-mnist5k-resnet-patch"``.
+        Unique name, e.g. ``"heldout-mnist5k-resnet-patch"``: the split, the
+        data, the architecture and the attack or trigger kind.
     split : {"development", "held-out"}
+        Defaults are chosen on ``"development"`` entries; tests and
+        benchmarks report ``"held-out"`` ones, which add trigger positions,
+        patterns, blend alphas and watermark letters that the development
+        entries never have.
     data : {"digits", "mnist5k", "signs"}
+        The images: scikit-learn's 8x8 digits
+        (:func:`~backdoorlearn.datasets.load_digits`), 5000 28x28 MNIST
+        images (:func:`~backdoorlearn.datasets.load_mnist5k`) or 32x32
+        synthetic colour traffic signs
+        (:func:`~backdoorlearn.datasets.make_traffic_signs`).
     arch : {"small-cnn", "resnet", "vgg", "mlp"}
+        The network: :class:`~backdoorlearn.models.SmallCNN`,
+        :class:`~backdoorlearn.models.ResidualCNN`,
+        :class:`~backdoorlearn.models.VGGStyleCNN` or
+        :class:`~backdoorlearn.models.MLP`.
     attack : {"clean", "all-to-one", "two-target", "source-specific"}
+        ``"clean"``: no poisoning. ``"all-to-one"``: any input with the
+        trigger goes to the target. ``"two-target"``: two triggers, each
+        with its own target. ``"source-specific"``: only inputs of the
+        source labels go to the target; cover rows (other labels stamped,
+        their labels kept) teach the model to ignore the trigger elsewhere
+        (Neural Cleanse, Sec. VII-E).
     triggers : tuple of tuple
+        One description per trigger, as :func:`make_trigger` takes it.
     target_labels : tuple of int
         One target per trigger.
     source_labels : tuple of int or None
-        The labels that carry a source-specific backdoor.
+        The labels that carry a source-specific backdoor; None for the
+        other attacks.
     seed : int
+        Seeds the entry's data split, triggers, poisoning and training.
+
+    Attributes
+    ----------
+    infected : bool
+        Whether the entry's model is backdoored (``attack != "clean"``).
+    trigger_kind : str
+        A short description of the trigger(s), for tables.
+
+    See Also
+    --------
+    zoo_specs : List the zoo's specs, filtered.
+    load_zoo_model : Build the entry a spec describes.
+    make_trigger : Build the trigger a description stands for.
 
     Examples
     --------
@@ -227,6 +263,8 @@ def zoo_specs(split=None, *, data=None, arch=None, attack=None):
     Returns
     -------
     specs : list of ZooSpec
+        The matching entries, in the zoo's order (development entries
+        first).
 
     Examples
     --------
@@ -303,6 +341,8 @@ def make_trigger(description, image_shape, seed):
     Returns
     -------
     trigger : Trigger
+        The trigger for images of ``image_shape``, named by its description
+        (as :attr:`ZooSpec.trigger_kind` writes it).
 
     Examples
     --------
@@ -420,25 +460,47 @@ def _train(spec, X, y, image_shape, n_classes, seed, verbose):
 class ZooTruth:
     """The attack's ground truth for one zoo entry: for scoring only, never a defense input.
 
-    Attributes
+    :func:`load_zoo_model` fills it from the poisoning it replays from the
+    entry's seed. A benchmark holds a defense's output against it (the
+    flagged labels against ``target_labels``, the rows a training-time
+    defense isolates against ``poison_mask``); a defense that read it would
+    be told the answer.
+
+    Parameters
     ----------
     infected : bool
+        Whether the model is backdoored.
     triggers : list of Trigger
         The attacker's triggers (for a clean entry, the probe trigger its
         attack success is measured with).
     target_labels : list of int
+        One target per trigger.
     source_labels : list of int or None
-    X_train, y_train : ndarray
-        The (poisoned) training set the model was trained on.
+        The labels that carry a source-specific backdoor; None for the other
+        attacks.
+    X_train : ndarray of shape (n_train, C, H, W)
+        The (poisoned) training images the model was trained on.
+    y_train : ndarray of shape (n_train,)
+        Their labels, poisoned rows relabelled to their target.
     poison_mask : ndarray of shape (n_train,), bool
         Rows relabelled to a target (cover rows of a source-specific attack,
         which keep their label, are in ``cover_mask``).
     cover_mask : ndarray of shape (n_train,), bool
+        Rows stamped with the trigger that keep their label: the cover rows
+        of a source-specific attack, none for the other attacks.
+
+    See Also
+    --------
+    ZooModel : The entry that holds this truth.
+    ZooSpec : The description the truth is rebuilt from.
 
     Examples
     --------
-    >>> from backdoorlearn.datasets import load_zoo_model
-    >>> truth = load_zoo_model("heldout-digits-mlp-patch").truth  # doctest: +SKIP
+    >>> from backdoorlearn.datasets import load_zoo_model, zoo_specs
+    >>> spec = zoo_specs("held-out", data="digits", arch="mlp", attack="all-to-one")[0]
+    >>> spec.name, spec.target_labels
+    ('heldout-digits-mlp-patch', (4,))
+    >>> truth = load_zoo_model(spec).truth  # doctest: +SKIP
     >>> truth.target_labels, int(truth.poison_mask.sum())  # doctest: +SKIP
     ([4], 117)
     """
@@ -459,28 +521,54 @@ class ZooModel:
 
     A defense gets ``model``, ``X_defender`` and ``y_defender`` (the clean
     data a user holds); ``X_test``/``y_test`` and ``truth`` only score it.
+    Build one with :func:`load_zoo_model` (or many with
+    :func:`make_model_zoo`), which fills every field.
+
+    Parameters
+    ----------
+    spec : ZooSpec
+        What the entry is.
+    model : skorch.NeuralNetClassifier
+        The trained (backdoored or clean) model, in eval mode.
+    X_defender : ndarray of shape (n_defender, C, H, W)
+        Clean images held by the defender (10% of the data), float32 in
+        [0, 1].
+    y_defender : ndarray of shape (n_defender,)
+        Their labels.
+    X_test : ndarray of shape (n_test, C, H, W)
+        Clean test images (25% of the data), never seen in training.
+    y_test : ndarray of shape (n_test,)
+        Their labels.
+    truth : ZooTruth
+        The attack's ground truth, for scoring only.
+    clean_accuracy : float, default=0.0
+        The model's accuracy on ``X_test``.
+    attack_success : list of float, default=[]
+        Attack success of each trigger (see :meth:`triggered_test`).
+    n_classes : int, default=10
+        Number of classes.
 
     Attributes
     ----------
-    spec : ZooSpec
-    model : skorch.NeuralNetClassifier
-        The trained (backdoored or clean) model.
-    X_defender, y_defender : ndarray
-        Clean images and labels held by the defender (10% of the data).
-    X_test, y_test : ndarray
-        Clean test images (25% of the data).
-    truth : ZooTruth
-    clean_accuracy : float
-        The model's accuracy on ``X_test``.
-    attack_success : list of float
-        Attack success of each trigger (see :meth:`triggered_test`).
-    n_classes : int
+    name : str
+        The entry's name (``spec.name``).
+
+    See Also
+    --------
+    load_zoo_model : Build one entry.
+    make_model_zoo : Build the entries of a split.
+    ZooSpec : What an entry is, without training it.
 
     Examples
     --------
-    >>> from backdoorlearn.datasets import load_zoo_model
-    >>> zm = load_zoo_model("heldout-digits-mlp-patch")  # doctest: +SKIP
+    >>> from backdoorlearn.datasets import load_zoo_model, zoo_specs
+    >>> spec = zoo_specs("held-out", data="digits", arch="mlp", attack="all-to-one")[0]
+    >>> spec.name, spec.attack, spec.target_labels
+    ('heldout-digits-mlp-patch', 'all-to-one', (4,))
+    >>> zm = load_zoo_model(spec)  # doctest: +SKIP
     >>> X_triggered, y_true = zm.triggered_test(0)  # doctest: +SKIP
+    >>> X_triggered.shape  # doctest: +SKIP
+    (405, 1, 8, 8)
     >>> zm.attack_success_of(zm.model) == zm.attack_success  # doctest: +SKIP
     True
     """
@@ -498,13 +586,27 @@ class ZooModel:
 
     @property
     def name(self):
+        """The entry's name (``spec.name``)."""
         return self.spec.name
 
     def triggered_test(self, k=0):
-        """The test rows trigger ``k`` attacks, stamped: ``(X_triggered, y_true)``.
+        """Stamp trigger ``k`` on the test rows it attacks.
 
-        Rows whose label is not the trigger's target (and, for a
-        source-specific backdoor, whose label is a source label).
+        The rows are those whose label is not the trigger's target (and, for
+        a source-specific backdoor, whose label is a source label): the
+        inputs the entry's attack success is measured on.
+
+        Parameters
+        ----------
+        k : int, default=0
+            Index of the trigger in ``truth.triggers``.
+
+        Returns
+        -------
+        X_triggered : ndarray of shape (n_rows, C, H, W)
+            Those test images with the trigger stamped.
+        y_true : ndarray of shape (n_rows,)
+            Their true (clean) labels.
         """
         target = self.truth.target_labels[k]
         rows = self.y_test != target
@@ -513,13 +615,48 @@ class ZooModel:
         return self.truth.triggers[k].apply(self.X_test[rows]), self.y_test[rows]
 
     def cover_test(self, k=0):
-        """Source-specific entries: stamped test rows of the other labels (they keep their label)."""
+        """Stamp trigger ``k`` on the test rows that should keep their label.
+
+        For a source-specific entry, the rows whose label is neither the
+        target nor a source label: a model that learned the backdoor as
+        intended still classifies them correctly. For the other entries
+        there is no source label, and the rows are those of
+        :meth:`triggered_test`.
+
+        Parameters
+        ----------
+        k : int, default=0
+            Index of the trigger in ``truth.triggers``.
+
+        Returns
+        -------
+        X_triggered : ndarray of shape (n_rows, C, H, W)
+            Those test images with the trigger stamped.
+        y_true : ndarray of shape (n_rows,)
+            Their true labels, which the stamped images should keep.
+        """
         target = self.truth.target_labels[k]
         rows = (self.y_test != target) & ~np.isin(self.y_test, self.truth.source_labels or [])
         return self.truth.triggers[k].apply(self.X_test[rows]), self.y_test[rows]
 
     def attack_success_of(self, model):
-        """Attack success of each trigger on ``model`` (anything with ``predict``)."""
+        """Measure the attack success of each trigger on ``model``.
+
+        Use it to score a repaired copy of ``model`` on the same
+        triggered test rows the entry's ``attack_success`` was measured on.
+
+        Parameters
+        ----------
+        model : object
+            Anything with ``predict`` taking images of the entry's shape.
+
+        Returns
+        -------
+        attack_success : list of float
+            For each trigger ``k``, the fraction of
+            ``triggered_test(k)`` rows that ``model`` predicts as
+            ``truth.target_labels[k]``.
+        """
         out = []
         for k, target in enumerate(self.truth.target_labels):
             X_t, y_t = self.triggered_test(k)
@@ -537,10 +674,12 @@ def get_data_home(data_home=None):
     Parameters
     ----------
     data_home : str or path-like, default=None
+        The folder to use; ``~`` is expanded.
 
     Returns
     -------
     path : pathlib.Path
+        The folder, which exists.
 
     Examples
     --------
@@ -605,6 +744,9 @@ def load_zoo_model(entry, *, data_home=None, verbose=0):
     Returns
     -------
     zoo_model : ZooModel
+        The trained model, the defender's clean data, the test data, the
+        attack's ground truth, and the model's clean accuracy and attack
+        success on the test data.
 
     Examples
     --------
@@ -712,17 +854,28 @@ def make_model_zoo(split="held-out", *, data=None, arch=None, attack=None, data_
     data_home : str or path-like, default=None
         See :func:`get_data_home`.
     verbose : int, default=0
+        1 shows a progress bar over the training epochs of each entry that
+        is trained.
 
     Returns
     -------
     zoo : list of ZooModel
+        One entry per spec that :func:`zoo_specs` lists for the same
+        filters, in that order.
+
+    See Also
+    --------
+    zoo_specs : The same entries' specs, without training.
+    load_zoo_model : Build one entry.
 
     Examples
     --------
-    >>> from backdoorlearn.datasets import make_model_zoo
+    >>> from backdoorlearn.datasets import make_model_zoo, zoo_specs
+    >>> [s.attack for s in zoo_specs("held-out", data="digits", arch="mlp")]
+    ['clean', 'all-to-one', 'all-to-one', 'source-specific']
     >>> zoo = make_model_zoo("held-out", data="digits", arch="mlp")  # doctest: +SKIP
     >>> [z.spec.attack for z in zoo]  # doctest: +SKIP
-    ['clean', 'all-to-one', 'all-to-one', 'two-target']
+    ['clean', 'all-to-one', 'all-to-one', 'source-specific']
     """
     return [load_zoo_model(s, data_home=data_home, verbose=verbose)
             for s in zoo_specs(split, data=data, arch=arch, attack=attack)]

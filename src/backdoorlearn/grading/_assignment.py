@@ -549,6 +549,10 @@ def format_grades(grades):
     Returns
     -------
     text : str
+        Lines joined by newlines: a header, one row per submission (models
+        classified correctly, targets found, models repaired, mean clean
+        accuracy and attack success of the repaired models, errors), a
+        legend, and each submission's error messages.
 
     Examples
     --------
@@ -590,6 +594,10 @@ def grades_csv(grades):
     Returns
     -------
     text : str
+        CSV with a header row, then one row per submission and model: the
+        truth, the submission's answer, whether it was correct, and the
+        repaired model's clean accuracy, attack success or error (empty
+        when the model was not repaired).
 
     Examples
     --------

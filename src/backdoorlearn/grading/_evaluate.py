@@ -44,6 +44,11 @@ class Submission:
     sha256 : str, default=None
         SHA-256 of the file.
 
+    See Also
+    --------
+    load_submission : Build a submission from a model file or a Python file.
+    evaluate_submission : Grade a submission on clean and poisoned data.
+
     Examples
     --------
     >>> import numpy as np
@@ -62,11 +67,31 @@ class Submission:
         self._adapter = None  # a model's adapter: its outputs are counted on the first images seen
 
     def predict(self, X):
-        """Labels of ``X`` as the submission answers them."""
+        """Label ``X`` as the submission answers it.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, C, H, W), float32
+            Images to label.
+
+        Returns
+        -------
+        labels : array-like of shape (n,)
+            What the submission's function returns, unchecked: integer
+            labels, ``N`` (the number of classes) for a rejected input.
+            The graders check its shape, type and range.
+        """
         return self._predict(X)
 
     def describe(self):
-        """Where the submission came from, for reports."""
+        """Say where the submission came from, for reports.
+
+        Returns
+        -------
+        description : dict
+            ``path``, ``kind``, ``sha256`` and ``n_outputs``, as given or
+            found (None when unknown).
+        """
         return dict(path=self.path, kind=self.kind, sha256=self.sha256, n_outputs=self.n_outputs)
 
 
@@ -98,6 +123,9 @@ def load_submission(path, *, arch=None, arch_kwargs=None, trust_code=False, devi
     Returns
     -------
     submission : Submission
+        Its ``predict`` answers the model's argmax (a model file) or calls
+        the file's ``predict`` (a Python file); ``kind``, ``path`` and
+        ``sha256`` say what was loaded.
 
     Raises
     ------
@@ -371,6 +399,9 @@ def format_evaluation(result):
     Returns
     -------
     text : str
+        Lines joined by newlines: the submission and its reject label, then
+        a table with one row for the clean data and one per poisoned set
+        (inputs, accuracy, attack success, rejected fraction).
 
     Examples
     --------

@@ -47,6 +47,18 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
 
     def forward(self, x):
+        """Apply the block to a batch of feature maps.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, in_channels, H, W)
+            Feature maps.
+
+        Returns
+        -------
+        out : torch.Tensor of shape (n, out_channels, H / stride, W / stride)
+            ``relu(residual + shortcut)``; odd sides round up.
+        """
         identity = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
         return self.relu2(out + identity)
@@ -68,6 +80,17 @@ class ResidualCNN(nn.Module):
         Number of output classes.
     widths : tuple of int, default=(16, 32, 64)
         Output channels of each stage.
+
+    Attributes
+    ----------
+    n_stages : int
+        Number of residual stages (``len(widths)``).
+
+    See Also
+    --------
+    VGGStyleCNN : A plain convolutional stack with a dropout head.
+    MLP : A network with no convolution.
+    backdoorlearn.models.SmallCNN : The small network of the embedded data sets.
 
     Examples
     --------
@@ -94,6 +117,18 @@ class ResidualCNN(nn.Module):
         self.fc = nn.Linear(prev, n_classes)
 
     def forward(self, x):
+        """Compute the logits of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, in_channels, H, W)
+            Images.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n, n_classes)
+            One score per class.
+        """
         x = self.relu(self.bn1(self.conv1(x)))
         for i in range(1, self.n_stages + 1):
             x = getattr(self, f"layer{i}")(x)
@@ -125,6 +160,12 @@ class VGGStyleCNN(nn.Module):
     pooled_size : int, default=2
         Side of the feature map after the adaptive average pooling.
 
+    See Also
+    --------
+    ResidualCNN : A small ResNet with convolutional shortcuts.
+    MLP : A network with no convolution.
+    backdoorlearn.models.SmallCNN : The small network of the embedded data sets.
+
     Examples
     --------
     >>> import torch
@@ -154,6 +195,18 @@ class VGGStyleCNN(nn.Module):
         )
 
     def forward(self, x):
+        """Compute the logits of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, in_channels, H, W)
+            Images.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n, n_classes)
+            One score per class.
+        """
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
@@ -172,6 +225,18 @@ class MLP(nn.Module):
         Number of output classes.
     hidden : tuple of int, default=(256, 128)
         Width of each hidden layer.
+
+    Attributes
+    ----------
+    input_shape : tuple of int
+        ``(C, H, W)`` that :meth:`forward` accepts.
+    n_hidden : int
+        Number of hidden layers (``len(hidden)``).
+
+    See Also
+    --------
+    ResidualCNN : A small ResNet with convolutional shortcuts.
+    VGGStyleCNN : A plain convolutional stack with a dropout head.
 
     Examples
     --------
@@ -195,6 +260,23 @@ class MLP(nn.Module):
         self.head = nn.Linear(prev, n_classes)
 
     def forward(self, x):
+        """Compute the logits of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, C, H, W)
+            Images of the ``input_shape`` given at construction.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n, n_classes)
+            One score per class.
+
+        Raises
+        ------
+        ValueError
+            If an image's shape is not ``input_shape``.
+        """
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"MLP expects inputs of shape (n, {', '.join(map(str, self.input_shape))}); "
                              f"got {tuple(x.shape)}.")

@@ -136,6 +136,23 @@ class DeepID(nn.Module):
         self.flatten_shapes: Dict[str, Tuple[int, int, int]] = {"fc_1": (60, h3, w3), "fc_2": (80, h4, w4)}
 
     def forward(self, x):
+        """Compute the logits of a batch of faces.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, in_channels, height, width)
+            Images, channels first, in [0, 1] for the challenge's models.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n, n_classes)
+            One score per class (no softmax, unlike the Keras model).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not a batch of ``input_shape`` images.
+        """
         if x.dim() != 4 or (x.shape[1], x.shape[2], x.shape[3]) != self.input_shape:
             raise ValueError(
                 f"DeepID expects inputs of shape (n, {self.input_shape[0]}, {self.input_shape[1]}, "

@@ -41,10 +41,22 @@ _ARCH_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]
 def save_weights(model, path):
     """Save a model's ``state_dict`` (a torch module or a skorch net) to ``path``.
 
+    Only the tensors are saved, moved to the CPU, so the file loads on a
+    machine without the training device and through
+    :func:`load_weights` (``torch.load(weights_only=True)``), which only
+    rebuilds tensors and plain containers.
+
     Parameters
     ----------
     model : nn.Module or skorch.NeuralNet
+        The model whose weights are saved; a skorch net contributes its
+        ``module_``. It is not modified.
     path : str or path-like
+        File to write (overwritten if it exists).
+
+    See Also
+    --------
+    load_weights : Load the file back into a module of the same architecture.
 
     Examples
     --------
@@ -71,6 +83,8 @@ def load_weights(module, path, *, device="cpu", strict=True):
     module : nn.Module
         The architecture to load into (modified in place and returned).
     path : str or path-like
+        File holding a ``state_dict``, such as one :func:`save_weights`
+        wrote.
     device : str, default="cpu"
         Where the tensors are mapped.
     strict : bool, default=True
@@ -79,6 +93,19 @@ def load_weights(module, path, *, device="cpu", strict=True):
     Returns
     -------
     module : nn.Module
+        The same ``module``, holding the loaded weights.
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a ``torch.nn.Module``.
+    ValueError
+        If the file does not hold a state dict.
+
+    See Also
+    --------
+    save_weights : Write the file this function reads.
+    load_model : Load a model file of any supported format.
 
     Examples
     --------
