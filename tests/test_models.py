@@ -77,9 +77,13 @@ def test_default_layers_of_a_plain_module():
     module = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.ReLU(),
                            nn.Linear(5, 3))
     adapter = ModelAdapter(module)
-    assert adapter.default_conv_layer() == "0"
-    assert adapter.default_penultimate_layer() == "4"
-    assert adapter.n_classes(np.zeros((1, 1, 8, 8), np.float32)) == 3
+    X = np.zeros((1, 1, 8, 8), np.float32)
+    assert adapter.default_conv_layer(X) == "0"
+    assert adapter.default_penultimate_layer(X) == "4"
+    assert adapter.n_classes(X) == 3
+    # the structure is read from a forward pass: without a sample there is none to read
+    with pytest.raises(ValueError, match="needs a sample input"):
+        adapter.default_conv_layer()
 
 
 def test_black_box_estimator(X8):

@@ -159,7 +159,7 @@ class ActivationFilter(BaseDetector):
         X = check_images(X, name="X", caller=name)
         adapter = self._adapter()
         self.triggers_ = self._resolve_triggers()
-        self.layer_ = self.layer if self.layer is not None else adapter.default_penultimate_layer()
+        self.layer_ = self.layer if self.layer is not None else adapter.default_penultimate_layer(X)
         adapter.get_layer(self.layer_)
         clean = self._activations(adapter, X)
         n_units = clean.shape[1]

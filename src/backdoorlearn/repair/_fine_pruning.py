@@ -10,7 +10,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels, torch_seed
-from ..models._surgery import resolve_layer, unit_activations
+from torch import nn
+
+from ..models._structure import CONV_LAYERS
+from ..models._surgery import unit_activations, unit_site
 from ..models._training import ShiftOrNoise, fine_tune
 from ._base import BaseRepair, PruningSearch
 
@@ -251,11 +254,28 @@ class FinePruner(BaseRepair):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ ranking
-    def _scores(self, adapter, X, layer):
+    def _site(self, adapter, X):
+        """The pruned layer: ``layer``, or the last convolution of the main path (a hidden Linear without one)."""
+        graph = adapter.layer_graph(X)
+        if graph.unit_layers(CONV_LAYERS):
+            types, what = CONV_LAYERS, "convolution"
+            name = adapter.default_conv_layer(X) if self.layer is None else self.layer
+        else:
+            types, what = nn.Linear, "linear layer (the model has no convolution)"
+            name = self.layer
+            if name is None:
+                name = None if graph.head is None else graph.upstream(graph.head, nn.Linear)
+                if name is None:
+                    raise ValueError(f"{type(self).__name__} found no convolution and no hidden linear layer "
+                                     "feeding the final classifier layer of this model; pass layer=.")
+        return unit_site(adapter, X, name, types=types, what=what, graph=graph)
+
+    def _scores(self, adapter, X, site):
         if self.criterion == "activation":
-            # §3 of the paper: mean activation of each channel over the clean data.
-            return unit_activations(adapter, X, layer).mean(axis=0)
-        weight = dict(adapter.runtime_module.named_modules())[layer].weight.detach().cpu().numpy()
+            # §3 of the paper: mean activation of each channel over the clean data,
+            # measured where the channel's output is used (after normalization and activation).
+            return unit_activations(adapter, X, site).mean(axis=0)
+        weight = dict(adapter.runtime_module.named_modules())[site.layer].weight.detach().cpu().numpy()
         return np.abs(weight.reshape(weight.shape[0], -1)).mean(axis=1)
 
     def _n_for_ratio(self, ratio, scores):
@@ -304,15 +324,15 @@ class FinePruner(BaseRepair):
 
     def _repair(self, adapter, X, y, classes, *, monitor):
         name = type(self).__name__
-        layer = resolve_layer(adapter, self.layer)
         monitor = _check_monitor(*monitor, image_shape=X.shape[1:], n_classes=len(classes), caller=name)
         rng = check_random_state(self.random_state)
         work = adapter.copy()  # all evaluation hooks go on a copy: the user's module is untouched
+        site = self._site(work, X)
 
-        scores = self._scores(work, X, layer)
+        scores = self._scores(work, X, site)
         order = np.argsort(scores, kind="stable")
         n_units = len(scores)
-        search = PruningSearch(work, layer, order, X, y, attack_sets=[] if monitor is None else [monitor])
+        search = PruningSearch(work, site, order, X, y, attack_sets=[] if monitor is None else [monitor])
         base_acc, _ = search(0)
         if self.prune_ratio is None:
             # Prune as far as clean accuracy allows (the paper stops at a 4% drop),
