@@ -37,11 +37,18 @@ class NeuronPruner(BaseRepair):
     ----------
     {triggers}
     layer : str, default=None
-        Convolution or linear layer to prune. ``None`` picks the second to
-        last layer, as the paper does (§VI-B): the penultimate layer, or the
-        last convolution or linear layer feeding it (``fc1`` of a
-        :class:`~backdoorlearn.models.SmallCNN`), whose weights can be
-        zeroed. The paper prunes the last convolution of its face models.
+        Convolution or linear layer to prune (any one the forward pass calls
+        once, by its dotted name, except the final classifier layer; the
+        error lists those that qualify). ``None`` picks the second to last
+        layer, as the paper does (§VI-B): the convolution or linear layer
+        nearest the final classifier layer on the main path of one traced
+        forward pass (``fc1`` of a :class:`~backdoorlearn.models.SmallCNN`,
+        the hidden layer of a VGG-style head, the last block's second
+        convolution of a residual net whose head reads the global pooling).
+        Its units are measured and masked where their output is used, after
+        the normalization, activation and residual add that follow it
+        (``activation_layer_``). The paper prunes the last convolution of
+        its face models.
     target_label : int, default=None
         Target of a trigger given without one. ``None`` takes the label the
         trigger sends most stamped inputs of ``X`` to.
@@ -63,6 +70,8 @@ class NeuronPruner(BaseRepair):
         The pruned copy of the model (the user's model is unchanged).
     layer_ : str
         The pruned layer.
+    activation_layer_ : str
+        The module at whose output the units are measured and masked.
     activation_gap_ : ndarray of shape (n_units,)
         Mean activation with the trigger minus without it (the largest over
         the triggers).
@@ -94,8 +103,10 @@ class NeuronPruner(BaseRepair):
 
     Notes
     -----
-    Units are pruned by zeroing their weights and bias (the architecture and
-    the ``state_dict`` keys are unchanged). Deviation from the paper, which
+    Units are pruned by zeroing their weights and bias, and those of the
+    normalization after them and of a residual shortcut, so a pruned unit
+    is exactly zero where it is used (the architecture and the
+    ``state_dict`` keys are unchanged); see :class:`FinePruner`'s Notes. Deviation from the paper, which
     prunes in steps until the trigger stops working: the smallest sufficient
     number of units is found by bisection, assuming attack success does not
     increase with pruning (the paper's curves, Fig. 9); the result is the
@@ -117,6 +128,8 @@ class NeuronPruner(BaseRepair):
     >>> pruner = NeuronPruner({0: trigger}, max_prune_ratio=0.5)
     >>> pruner.fit(SmallCNN(1, 10), X, y).layer_
     'fc1'
+    >>> pruner.activation_layer_
+    'penultimate'
     """
 
     _parameter_constraints = {
