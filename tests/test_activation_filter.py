@@ -97,3 +97,34 @@ def test_errors(digits_bench):
     filt = ActivationFilter(SmallCNN(1, 3), trig).fit(X)
     with pytest.raises(ValueError, match="shape"):
         filt.predict(np.zeros((2, 1, 9, 9), np.float32))
+
+
+def test_penultimate_is_what_the_classifier_reads():
+    from torch import nn
+
+    from backdoorlearn.models import MLP, ResidualCNN
+
+    class SequentialHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                          nn.Linear(4, 16), nn.ReLU())
+            self.head = nn.Sequential(nn.Linear(16, 3))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    X = np.random.default_rng(0).random((30, 1, 8, 8), dtype=np.float32)
+    trig = Trigger.patch((1, 8, 8), size=2)
+    # never "head", the container of the logits layer
+    for model, layer, n_units in ((SequentialHead(), "features.5", 16), (ResidualCNN(1, 3, widths=(4, 8)), "avgpool", 8),
+                                  (MLP((1, 8, 8), 3, hidden=(16, 12)), "relu2", 12)):
+        filt = ActivationFilter(model, trig, min_neurons=2).fit(X)
+        assert filt.layer_ == layer
+        assert filt.neurons_[0].max() < n_units
+
+
+def test_bad_layer_lists_the_layers():
+    X = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    with raises_naming("layer", match="available layers: conv1, relu1"):
+        ActivationFilter(SmallCNN(1, 3), Trigger.patch((1, 8, 8), size=2), layer="nope").fit(X)

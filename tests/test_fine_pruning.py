@@ -228,3 +228,87 @@ def test_pruning_curve_display(digits_fp):
         PruningCurveDisplay([0, 1], [1.0])
     with pytest.raises(Exception, match="no pruning_curve_"):
         PruningCurveDisplay.from_estimator(FinePruner())
+
+
+# ---------------------------------------------------------------- layers by structure, on the zoo's shapes
+_X8 = np.random.default_rng(0).random((30, 1, 8, 8), dtype=np.float32)
+_Y8 = np.arange(30) % 3
+
+
+def _acts(net, layer, X=_X8):
+    from backdoorlearn.models import ModelAdapter
+
+    return ModelAdapter(net).activations(X, layer)
+
+
+def test_channel_silenced_by_batchnorm_ranks_as_dead():
+    # conv outputs are positive on positive images; BN with a negative scale sends
+    # channel 2 below zero, so the ReLU after it passes nothing: the channel is dead
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        module[0].weight.abs_()
+        module[0].bias.fill_(0.1)
+        module[1].weight.copy_(torch.tensor([1.0, 1.0, -1.0, 1.0]))
+    before = model_fingerprint(module)
+    p = FinePruner(prune_ratio=0.25, fine_tune_epochs=0).fit(module, _X8, _Y8)
+    assert model_fingerprint(module) == before
+    assert p.layer_ == "0" and p.activation_layer_ == "2"
+    assert p.unit_scores_[2] == 0 and p.unit_scores_[[0, 1, 3]].min() > 0
+    assert p.pruned_units_.tolist() == [2]
+
+
+def test_residual_net_prunes_the_main_path_exactly():
+    from backdoorlearn.models import ResidualCNN
+
+    model = ResidualCNN(1, 3, widths=(4, 8)).eval()
+    before = model_fingerprint(model)
+    p = FinePruner(prune_ratio=0.5, fine_tune_epochs=0).fit(model, _X8, _Y8)
+    assert model_fingerprint(model) == before
+    # the last conv of the main path, not the shortcut's (layer2.downsample.0), measured after the add and ReLU
+    assert p.layer_ == "layer2.conv2" and p.activation_layer_ == "layer2.relu2"
+    net = p.repaired_model_
+    assert np.abs(_acts(net, "layer2.relu2")[:, p.pruned_units_]).max() == 0
+    # the BatchNorm shift and the shortcut no longer leak into a pruned channel
+    assert torch.count_nonzero(net.module_.layer2.bn2.bias[p.pruned_units_]) == 0
+    assert torch.count_nonzero(net.module_.layer2.downsample[1].weight[p.pruned_units_]) == 0
+    assert clean_accuracy(_Y8, net.predict(_X8)) == pytest.approx(p.accuracy_pruned_)
+
+
+def test_identity_shortcut_is_masked_for_good():
+    from backdoorlearn.models import ResidualCNN
+
+    p = FinePruner(prune_ratio=0.5, fine_tune_epochs=1, random_state=0).fit(ResidualCNN(1, 3, widths=(4,)),
+                                                                            _X8, _Y8)
+    assert p.layer_ == "layer1.conv2"
+    # zeroed weights cannot silence x + identity: the repaired module masks the block's output
+    net = pickle.loads(pickle.dumps(p.repaired_model_))
+    assert np.abs(_acts(net, "layer1.relu2")[:, p.pruned_units_]).max() == 0
+
+
+def test_vgg_and_mlp_layers():
+    from backdoorlearn.models import MLP, VGGStyleCNN
+
+    vgg = FinePruner(prune_ratio=0.25, fine_tune_epochs=0).fit(
+        VGGStyleCNN(1, 3, stages=((4,), (8, 8)), hidden=16), _X8, _Y8)
+    assert vgg.layer_ == "features.7" and vgg.activation_layer_ == "features.9"
+    assert np.abs(_acts(vgg.repaired_model_, "features.9")[:, vgg.pruned_units_]).max() == 0
+    # no convolution: the hidden units of the last Linear before the head
+    mlp = FinePruner(prune_ratio=0.5, fine_tune_epochs=1, random_state=0).fit(MLP((1, 8, 8), 3, hidden=(16, 8)),
+                                                                              _X8, _Y8)
+    assert mlp.layer_ == "fc2" and mlp.activation_layer_ == "relu2" and len(mlp.pruned_units_) == 4
+    w = mlp.repaired_model_.module_.fc2.weight
+    assert torch.count_nonzero(w[mlp.pruned_units_]) == 0
+    assert np.abs(_acts(mlp.repaired_model_, "relu2")[:, mlp.pruned_units_]).max() == 0
+
+
+def test_bad_layer_lists_the_valid_ones():
+    from backdoorlearn.models import MLP, ResidualCNN
+
+    with raises_naming("layer", match="must name a convolution") as err:
+        FinePruner(layer="layer2.bn2").fit(ResidualCNN(1, 3, widths=(4, 8)), _X8, _Y8)
+    assert "layer2.conv2" in str(err.value) and "layer2.downsample.0" in str(err.value)
+    with raises_naming("layer", match="final classifier layer") as err:
+        FinePruner(layer="head").fit(MLP((1, 8, 8), 3, hidden=(16, 8)), _X8, _Y8)
+    assert "fc1, fc2" in str(err.value)

@@ -77,9 +77,13 @@ def test_default_layers_of_a_plain_module():
     module = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.ReLU(),
                            nn.Linear(5, 3))
     adapter = ModelAdapter(module)
-    assert adapter.default_conv_layer() == "0"
-    assert adapter.default_penultimate_layer() == "4"
-    assert adapter.n_classes(np.zeros((1, 1, 8, 8), np.float32)) == 3
+    X = np.zeros((1, 1, 8, 8), np.float32)
+    assert adapter.default_conv_layer(X) == "0"
+    assert adapter.default_penultimate_layer(X) == "4"
+    assert adapter.n_classes(X) == 3
+    # the structure is read from a forward pass: without a sample there is none to read
+    with pytest.raises(ValueError, match="needs a sample input"):
+        adapter.default_conv_layer()
 
 
 def test_black_box_estimator(X8):
@@ -175,3 +179,74 @@ def test_weights_roundtrip_and_refuse_code(digits_bench, tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(Exception, match="(?i)weights only|unsupported|global"):
         load_weights(SmallCNN(1, 10), tmp_path / "evil.pt")
+
+
+class _SequentialHead(nn.Module):
+    """A head that is an nn.Sequential holding one nn.Linear (the logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten(), nn.Linear(4, 8), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _zoo_shapes():
+    from backdoorlearn.models import MLP, ResidualCNN, VGGStyleCNN
+
+    # (module, last conv of the main path, penultimate layer)
+    return [
+        (ResidualCNN(1, 3, widths=(4, 8, 8)), "layer3.conv2", "avgpool"),  # not layer3.downsample.0
+        (VGGStyleCNN(1, 3, stages=((4,), (8, 8)), hidden=16), "features.7", "classifier.1"),
+        (MLP((1, 8, 8), 3, hidden=(16, 8)), None, "relu2"),
+        (_SequentialHead(), "features.0", "features.6"),  # not "head", the logits
+    ]
+
+
+@pytest.mark.parametrize("module, conv, penultimate", _zoo_shapes(), ids=lambda v: type(v).__name__)
+def test_default_layers_by_structure(module, conv, penultimate, X8):
+    adapter = ModelAdapter(module)
+    assert adapter.default_penultimate_layer(X8) == penultimate
+    acts = adapter.activations(X8, penultimate)
+    head = dict(module.named_modules())[{"avgpool": "fc", "classifier.1": "classifier.3", "relu2": "head",
+                                         "features.6": "head.0"}[penultimate]]
+    assert acts.reshape(len(X8), -1).shape[1] == head.in_features  # what the classifier reads, not the logits
+    if conv is None:
+        with pytest.raises(ValueError, match="found no convolution"):
+            adapter.default_conv_layer(X8)
+    else:
+        assert adapter.default_conv_layer(X8) == conv
+
+
+def test_unit_sites_are_where_units_are_used(X8):
+    from backdoorlearn.models import ResidualCNN
+    from backdoorlearn.models._surgery import unit_site
+
+    adapter = ModelAdapter(ResidualCNN(1, 3, widths=(4, 8)))
+    site = unit_site(adapter, X8, "layer2.conv2")
+    # after the BatchNorm, the residual add and the ReLU; the shortcut's channels are zeroed too
+    assert site.point == "layer2.relu2" and site.exact
+    assert set(site.zero) == {"layer2.conv2", "layer2.bn2", "layer2.downsample.1"}
+    # an identity shortcut cannot be silenced by weights
+    assert not unit_site(ModelAdapter(ResidualCNN(1, 3, widths=(4,))), X8, "layer1.conv2").exact
+    with pytest.raises(ValueError, match="final classifier layer") as err:
+        unit_site(adapter, X8, "fc")
+    assert "layer2.conv2" in str(err.value)
+
+
+def test_small_cnn_gap_is_called(X8):
+    # pooled to the size the map already has (4x4 after one pooling of 8x8) and to a smaller one
+    for pooled, side in ((4, 4), (2, 2)):
+        net = SmallCNN(1, 3, pooled_size=pooled)
+        acts = ModelAdapter(net).activations(X8, "gap")
+        assert acts.shape == (len(X8), 32, side, side)
+
+
+def test_activations_of_a_layer_never_called(X8):
+    module = _SequentialHead()
+    module.unused = nn.Linear(3, 3)  # defined, never called by forward
+    with pytest.raises(ValueError, match="never calls"):
+        ModelAdapter(module).activations(X8, "unused")

@@ -87,3 +87,40 @@ def test_errors(digits_bench):
         NeuronPruner(b.trigger, target_label=12).fit(m, X, y)
     with raises_naming("max_prune_ratio"):
         NeuronPruner(b.trigger, max_prune_ratio=1.0).fit(m, X, y)
+
+
+# ---------------------------------------------------------------- layers by structure, on the zoo's shapes
+_X8 = np.random.default_rng(0).random((30, 1, 8, 8), dtype=np.float32)
+_Y8 = np.arange(30) % 3
+
+
+@pytest.mark.filterwarnings("ignore:NeuronPruner")
+def test_prunes_hidden_units_of_an_mlp():
+    from backdoorlearn import Trigger
+    from backdoorlearn.models import MLP, ModelAdapter, model_fingerprint
+
+    model = MLP((1, 8, 8), 3, hidden=(16, 8))
+    before = model_fingerprint(model)
+    p = NeuronPruner(Trigger.patch((1, 8, 8), size=3), max_prune_ratio=0.5).fit(model, _X8, _Y8)
+    assert model_fingerprint(model) == before
+    assert p.layer_ == "fc2" and p.activation_layer_ == "relu2"
+    assert len(p.activation_gap_) == 8 and len(p.pruned_units_) >= 1
+    net = p.repaired_model_
+    assert torch.count_nonzero(net.module_.fc2.weight[p.pruned_units_]) == 0
+    assert np.abs(ModelAdapter(net).activations(_X8, "relu2")[:, p.pruned_units_]).max() == 0
+
+
+@pytest.mark.filterwarnings("ignore:NeuronPruner")
+def test_default_layer_feeds_the_head():
+    from backdoorlearn import Trigger
+    from backdoorlearn.models import ResidualCNN, VGGStyleCNN
+
+    trigger = Trigger.patch((1, 8, 8), size=3)
+    res = NeuronPruner(trigger, max_prune_ratio=0.5).fit(ResidualCNN(1, 3, widths=(4, 8)), _X8, _Y8)
+    assert res.layer_ == "layer2.conv2" and res.activation_layer_ == "layer2.relu2"
+    vgg = NeuronPruner(trigger, max_prune_ratio=0.5).fit(VGGStyleCNN(1, 3, stages=((4,), (8, 8)), hidden=16),
+                                                         _X8, _Y8)
+    assert vgg.layer_ == "classifier.0" and vgg.activation_layer_ == "classifier.1"
+    with raises_naming("layer", match="must name a convolution or linear layer") as err:
+        NeuronPruner(trigger, layer="layer2.relu2").fit(ResidualCNN(1, 3, widths=(4, 8)), _X8, _Y8)
+    assert "Layers that qualify" in str(err.value) and "layer2.conv2" in str(err.value)

@@ -190,7 +190,7 @@ class PruningAwareAttack(BaseEstimator):
             clean = net_for(module, self.clean_epochs, "clean training")
             clean.fit(X, y)
         adapter = ModelAdapter(clean, defense=name)
-        layer = resolve_layer(adapter, self.layer)
+        layer = resolve_layer(adapter, self.layer, X_sample=X)
 
         # Step 2: prune the channels dormant on clean data (lowest mean activation).
         scores = unit_activations(adapter, X, layer).mean(axis=0)

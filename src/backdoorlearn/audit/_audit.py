@@ -382,7 +382,7 @@ def _check_repairable(adapter, y, X, data_name):
                          "does not allow (no forward hooks); give the weights as a state_dict with the "
                          "architecture as code (--arch package.module:Class).")
     try:
-        adapter.default_conv_layer()
+        adapter.default_conv_layer(X)
     except ValueError:
         raise ValueError(f"repair='fine-pruning' prunes the channels of a convolution; the model "
                          f"({type(adapter.module).__name__}) has no nn.Conv2d layer.") from None

@@ -47,7 +47,12 @@ class ActivationFilter(BaseDetector):
         (an error if it flagged none). With several triggers, the neurons of
         each are ranked separately and an input's score is its worst one.
     layer : str, default=None
-        Name of the layer watched; ``None`` means the penultimate layer.
+        Name of the layer watched (any module the forward pass calls; the
+        error lists them). ``None`` means the penultimate layer: the module
+        whose output the final classifier layer reads (``penultimate_name``
+        where the module declares it, otherwise found from one traced
+        forward pass: the input of the last ``nn.Linear`` on the way to the
+        logits, never the logits themselves).
     top_fraction : float, default=0.01
         Fraction of the layer's neurons kept (the paper's top 1%), but never
         fewer than ``min_neurons`` (``n_neurons_`` says how many were used).
@@ -159,7 +164,7 @@ class ActivationFilter(BaseDetector):
         X = check_images(X, name="X", caller=name)
         adapter = self._adapter()
         self.triggers_ = self._resolve_triggers()
-        self.layer_ = self.layer if self.layer is not None else adapter.default_penultimate_layer()
+        self.layer_ = self.layer if self.layer is not None else adapter.default_penultimate_layer(X)
         adapter.get_layer(self.layer_)
         clean = self._activations(adapter, X)
         n_units = clean.shape[1]

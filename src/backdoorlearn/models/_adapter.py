@@ -18,6 +18,7 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from .._utils import check_finite_array, module_device, resolve_device
+from ._structure import CONV_LAYERS, trace
 from ._training import wrap_module
 
 __all__ = ["ModelAdapter", "eval_mode", "model_fingerprint"]
@@ -405,8 +406,48 @@ class ModelAdapter:
             )
         return layer
 
-    def default_conv_layer(self):
-        """Name the last convolution: ``module.last_conv_name`` or the last ``nn.Conv2d``.
+    def layer_graph(self, X_sample):
+        """Trace one forward pass of ``X_sample`` and return the model's data-flow graph.
+
+        Parameters
+        ----------
+        X_sample : array-like of shape (n, ...)
+            Inputs the model takes; the first one is passed through.
+
+        Returns
+        -------
+        graph : LayerGraph
+            Every leaf module call and tensor function of the pass, linked by
+            the tensors they exchange (see ``backdoorlearn.models._structure``).
+        """
+        self.require_white_box()
+        if isinstance(self.module, torch.jit.ScriptModule):
+            raise ValueError(f"{self.defense or 'The adapter'} cannot trace a TorchScript module (no forward "
+                             "hooks); pass layer= or give the architecture as code.")
+        X = check_finite_array(np.asarray(X_sample)[:1], name="X", caller=self.defense)
+        with self.eval():
+            return trace(self.runtime_module, torch.from_numpy(np.ascontiguousarray(X)).to(self.device))
+
+    def _need_sample(self, X_sample, what):
+        if X_sample is None:
+            raise ValueError(f"{self.defense or 'The adapter'} needs a sample input to find {what} of a "
+                             f"{type(self.module).__name__} (it traces one forward pass); pass X_sample= "
+                             "or layer=.")
+
+    def default_conv_layer(self, X_sample=None):
+        """Name the last convolution of the main path feeding the classifier.
+
+        ``module.last_conv_name`` when the module declares it; otherwise,
+        from one traced forward pass of ``X_sample``, the first convolution
+        met walking back from the final ``nn.Linear`` along the main path
+        (at a residual sum, the branch with more layers behind it: never a
+        shortcut's convolution).
+
+        Parameters
+        ----------
+        X_sample : array-like of shape (n, ...), default=None
+            Inputs the model takes; needed unless the module declares
+            ``last_conv_name``.
 
         Returns
         -------
@@ -416,13 +457,29 @@ class ModelAdapter:
         name = getattr(self.module, "last_conv_name", None)
         if name:
             return name
-        convs = [n for n, m in self.named_layers().items() if isinstance(m, nn.Conv2d)]
-        if not convs:
-            raise ValueError(f"{self.defense or 'The adapter'} found no nn.Conv2d layer in this model; pass layer=.")
-        return convs[-1]
+        self._need_sample(X_sample, "its last convolution")
+        graph = self.layer_graph(X_sample)
+        head = graph.head
+        name = None if head is None else graph.upstream(head, CONV_LAYERS)
+        if name is None:
+            raise ValueError(f"{self.defense or 'The adapter'} found no convolution feeding the final "
+                             "classifier layer of this model; pass layer=.")
+        return name
 
-    def default_penultimate_layer(self):
-        """Name the penultimate layer: ``module.penultimate_name``, else the layer before the last ``nn.Linear``.
+    def default_penultimate_layer(self, X_sample=None):
+        """Name the penultimate layer: the module whose output the final classifier layer reads.
+
+        ``module.penultimate_name`` when the module declares it; otherwise,
+        from one traced forward pass of ``X_sample``, the module producing
+        the input of the last ``nn.Linear`` on the way to the logits
+        (through dropout, flatten and reshapes): never the logits layer or
+        a container holding it.
+
+        Parameters
+        ----------
+        X_sample : array-like of shape (n, ...), default=None
+            Inputs the model takes; needed unless the module declares
+            ``penultimate_name``.
 
         Returns
         -------
@@ -432,11 +489,15 @@ class ModelAdapter:
         name = getattr(self.module, "penultimate_name", None)
         if name:
             return name
-        names = list(self.named_layers())
-        linears = [i for i, n in enumerate(names) if isinstance(self.named_layers()[n], nn.Linear)]
-        if not linears or linears[-1] == 0:
-            raise ValueError(f"{self.defense or 'The adapter'} cannot find a penultimate layer; pass layer=.")
-        return names[linears[-1] - 1]
+        self._need_sample(X_sample, "its penultimate layer")
+        graph = self.layer_graph(X_sample)
+        name = graph.penultimate()
+        if name is None:
+            what = ("has no nn.Linear classifier layer" if graph.head is None else
+                    "computes the final classifier layer's input with a function, not a module")
+            raise ValueError(f"{self.defense or 'The adapter'}: this model {what}, so it has no penultimate "
+                             f"layer to watch; pass layer= (one of: {', '.join(self.named_layers())}).")
+        return name
 
     @contextlib.contextmanager
     def capture(self, layer):
@@ -481,6 +542,9 @@ class ModelAdapter:
         """
         with self.capture(layer) as store:
             self.logits(X, batch_size)
+        if not store and len(X):
+            raise ValueError(f"layer={layer!r} is a layer of this model that its forward pass never calls; "
+                             f"pass one it calls.")
         return torch.cat([s.detach().float().cpu() for s in store], dim=0).numpy()
 
     # ---------------------------------------------------------------- copies and nets

@@ -8,6 +8,21 @@ from torch import nn
 __all__ = ["SmallCNN"]
 
 
+class _AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` that returns a map already of the output size as it is.
+
+    Pooling to the size the map has is the identity, but its CPU kernels (and
+    their backward) are slow. The module is still called, so hooks on it (a
+    defense's activation capture) see its output.
+    """
+
+    def forward(self, x):
+        size = self.output_size
+        if tuple(x.shape[-2:]) == ((size, size) if isinstance(size, int) else tuple(size)):
+            return x
+        return super().forward(x)
+
+
 class SmallCNN(nn.Module):
     """A small convolutional classifier for 1- or 3-channel images.
 
@@ -75,7 +90,7 @@ class SmallCNN(nn.Module):
                 names.append(f"pool{i}")
             self._blocks.extend(names)
             prev = width
-        self.gap = nn.AdaptiveAvgPool2d(pooled_size)
+        self.gap = _AdaptiveAvgPool2d(pooled_size)
         self.fc1 = nn.Linear(prev * pooled_size * pooled_size, hidden)
         self.penultimate = nn.ReLU()
         self.classifier = nn.Linear(hidden, n_classes)
@@ -97,10 +112,5 @@ class SmallCNN(nn.Module):
         """
         for name in self._blocks:
             x = getattr(self, name)(x)
-        size = self.gap.output_size
-        if tuple(x.shape[-2:]) != ((size, size) if isinstance(size, int) else tuple(size)):
-            # An adaptive pooling to the size the map already has is the identity, but
-            # its CPU kernels (and their backward) are slow: skip it.
-            x = self.gap(x)
-        x = torch.flatten(x, 1)
+        x = torch.flatten(self.gap(x), 1)
         return self.classifier(self.penultimate(self.fc1(x)))

@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._utils import check_images, check_labels
 from ..metrics import attack_success_rate, clean_accuracy
 from ..models import ModelAdapter
-from ..models._surgery import UnitMask, masked_units, zero_units
+from ..models._surgery import OutputMask, UnitMask, masked_units, zero_units
 
 __all__ = ["BaseRepair", "PruningSearch", "bisect_first"]
 
@@ -160,7 +160,8 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
     def _record_pruning(self, search, k):
         """Set the fitted attributes every pruning repair shares, for ``k`` units pruned."""
         n_units = len(search.order)
-        self.layer_ = search.layer
+        self.layer_ = search.site.layer
+        self.activation_layer_ = search.site.point
         self.unit_order_ = search.order
         self.pruned_units_ = search.order[:k]
         self.prune_ratio_ = k / n_units
@@ -201,8 +202,8 @@ class PruningSearch:
     ----------
     adapter : ModelAdapter
         A copy of the user's model (hooks go on its runtime module).
-    layer : str
-        The layer whose units are pruned.
+    site : UnitSite
+        The layer whose units are pruned, and where they are masked.
     order : ndarray of int
         All units of the layer, in pruning order.
     X, y : ndarray
@@ -213,9 +214,9 @@ class PruningSearch:
         any).
     """
 
-    def __init__(self, adapter, layer, order, X, y, attack_sets=()):
+    def __init__(self, adapter, site, order, X, y, attack_sets=()):
         self.adapter = adapter
-        self.layer = layer
+        self.site = site
         self.order = order
         self.X = X
         self.y = y
@@ -225,7 +226,7 @@ class PruningSearch:
     def __call__(self, k):
         """``(clean accuracy, attack success)`` with the first ``k`` units pruned."""
         if k not in self.points:
-            with masked_units(self.adapter, self.layer, self.order[:k]):
+            with masked_units(self.adapter, self.site, self.order[:k]):
                 acc = clean_accuracy(self.y, self.adapter.predict(self.X))
                 asr = None
                 if self.attack_sets:
@@ -244,10 +245,18 @@ class PruningSearch:
         return n_max if first_bad is None else max(first_bad - 1, 0)
 
     def pruned_copy(self, k):
-        """A copy of the module with the first ``k`` units zeroed, and the callback keeping them so."""
-        units = self.order[:k]
-        module = zero_units(self.adapter.module_copy(), self.layer, units)
-        return module, ("prune_mask", UnitMask(self.layer, [int(u) for u in units]))
+        """A copy of the module with the first ``k`` units zeroed, and the callback keeping them so.
+
+        Where zeroing weights cannot silence a unit exactly (a residual
+        block whose shortcut is the identity), the copy also carries an
+        :class:`OutputMask` forward hook at the site's point.
+        """
+        units = [int(u) for u in self.order[:k]]
+        zero = list(self.site.zero)
+        module = zero_units(self.adapter.module_copy(), zero, units)
+        if units and not self.site.exact:
+            dict(module.named_modules())[self.site.point].register_forward_hook(OutputMask(units))
+        return module, ("prune_mask", UnitMask(zero if len(zero) > 1 else zero[0], units))
 
     def curve(self):
         """The evaluated points, sorted: ``prune_ratio``, ``n_pruned``, ``clean_accuracy``, ``attack_success``."""

@@ -10,7 +10,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels, torch_seed
-from ..models._surgery import resolve_layer, unit_activations
+from torch import nn
+
+from ..models._structure import CONV_LAYERS
+from ..models._surgery import unit_activations, unit_site
 from ..models._training import ShiftOrNoise, fine_tune
 from ._base import BaseRepair, PruningSearch
 
@@ -57,9 +60,17 @@ class FinePruner(BaseRepair):
     Parameters
     ----------
     layer : str, default=None
-        Name of the convolution whose output channels are pruned. ``None``
-        picks the last ``nn.Conv2d``, the paper's choice (§3: the last
-        convolutional layer encodes the backdoor most sparsely).
+        Name of the convolution whose output channels are pruned (any
+        convolution the forward pass calls once, by its dotted name, e.g.
+        ``"layer3.conv2"`` or ``"features.7"``); for a model with no
+        convolution, a hidden ``nn.Linear`` whose neurons are pruned. ``None``
+        picks the last convolution of the main path feeding the classifier,
+        the paper's choice (§3: the last convolutional layer encodes the
+        backdoor most sparsely), found from one traced forward pass (see
+        Notes); without a convolution, the last hidden ``nn.Linear`` before
+        the final classifier layer. A module that declares
+        ``last_conv_name`` (:class:`~backdoorlearn.models.SmallCNN`) is taken
+        at its word.
     criterion : {"activation", "weight"}, default="activation"
         ``"activation"``: prune in increasing order of mean (positive)
         activation on ``X``, the paper's pruning defense. ``"weight"``:
@@ -130,8 +141,13 @@ class FinePruner(BaseRepair):
         smoothing and the augmentation of the fine-tuning are not kept).
     layer_ : str
         The pruned layer.
+    activation_layer_ : str
+        The module at whose output the channels are measured and masked:
+        the end of the normalization, activation and residual add that
+        follow ``layer_``.
     unit_scores_ : ndarray of shape (n_units,)
-        Mean activation (or mean absolute weight) of each channel.
+        Mean activation at ``activation_layer_`` (or mean absolute weight)
+        of each channel.
     unit_order_ : ndarray of shape (n_units,)
         Channels in pruning order (lowest score first).
     pruned_units_ : ndarray of int
@@ -164,11 +180,33 @@ class FinePruner(BaseRepair):
 
     Notes
     -----
-    Pruned channels are removed by zeroing their filter weights and bias, not
-    by deleting them: the architecture and the ``state_dict`` keys are
-    unchanged and a saved or pickled repaired model stays pruned. For a
-    convolution followed by batch normalization, a zeroed channel leaves a
-    constant (the normalization's shift) rather than zero.
+    Layers are found by structure, not by name order: one forward pass of a
+    clean image is traced, and the last convolution is the first one met
+    walking back from the final ``nn.Linear`` along the main path, where at
+    a residual sum the branch with more layers behind it is taken (so a
+    shortcut's 1x1 convolution, defined after the main path in a
+    ``BasicBlock``, is never the one pruned). A channel is measured where
+    its output is used: after the batch normalization, the activation and,
+    in a residual block, the add with the shortcut and the ReLU after it
+    (the block's output, which the next block or the global pooling reads).
+    The paper ranks the last convolutional layer's channels by their mean
+    activation on clean data (Liu et al., 2018, §3); with batch
+    normalization between the convolution and its ReLU, the convolution's
+    own output says nothing of that activation (a negative scale silences a
+    channel whose convolution output is large), and at the block output
+    masking a channel is exact: what the rest of the network reads from it
+    is zero.
+
+    Pruned channels are removed by zeroing weights and biases, not by
+    deleting channels: those of the convolution, of the batch normalization
+    after it, and of a residual shortcut's convolution and normalization,
+    so the channel is exactly zero where it is used. The architecture and
+    the ``state_dict`` keys are unchanged and a saved or pickled repaired
+    model stays pruned. Where weights cannot silence it (a residual block
+    whose shortcut is the identity: the channel carries the block's input),
+    the repaired module also carries a forward hook masking the block's
+    output; that hook survives pickling and copying, not a ``state_dict``
+    loaded into a fresh module.
 
     The accuracy that guides pruning is measured on the defender's data
     ``X`` itself: the unpruned model never trained on it, so before
@@ -206,6 +244,14 @@ class FinePruner(BaseRepair):
     (8,)
     >>> pruner.repaired_model_.predict(X).shape
     (40,)
+
+    On a residual network the main path's last convolution is pruned,
+    measured at its block's output:
+
+    >>> from backdoorlearn.models import ResidualCNN
+    >>> res = FinePruner(prune_ratio=0.5, fine_tune_epochs=0).fit(ResidualCNN(1, 10, widths=(4, 8)), X, y)
+    >>> res.layer_, res.activation_layer_
+    ('layer2.conv2', 'layer2.relu2')
     """
 
     _parameter_constraints = {
@@ -251,11 +297,28 @@ class FinePruner(BaseRepair):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ ranking
-    def _scores(self, adapter, X, layer):
+    def _site(self, adapter, X):
+        """The pruned layer: ``layer``, or the last convolution of the main path (a hidden Linear without one)."""
+        graph = adapter.layer_graph(X)
+        if graph.unit_layers(CONV_LAYERS):
+            types, what = CONV_LAYERS, "convolution"
+            name = adapter.default_conv_layer(X) if self.layer is None else self.layer
+        else:
+            types, what = nn.Linear, "linear layer (the model has no convolution)"
+            name = self.layer
+            if name is None:
+                name = None if graph.head is None else graph.upstream(graph.head, nn.Linear)
+                if name is None:
+                    raise ValueError(f"{type(self).__name__} found no convolution and no hidden linear layer "
+                                     "feeding the final classifier layer of this model; pass layer=.")
+        return unit_site(adapter, X, name, types=types, what=what, graph=graph)
+
+    def _scores(self, adapter, X, site):
         if self.criterion == "activation":
-            # §3 of the paper: mean activation of each channel over the clean data.
-            return unit_activations(adapter, X, layer).mean(axis=0)
-        weight = dict(adapter.runtime_module.named_modules())[layer].weight.detach().cpu().numpy()
+            # §3 of the paper: mean activation of each channel over the clean data,
+            # measured where the channel's output is used (after normalization and activation).
+            return unit_activations(adapter, X, site).mean(axis=0)
+        weight = dict(adapter.runtime_module.named_modules())[site.layer].weight.detach().cpu().numpy()
         return np.abs(weight.reshape(weight.shape[0], -1)).mean(axis=1)
 
     def _n_for_ratio(self, ratio, scores):
@@ -304,15 +367,15 @@ class FinePruner(BaseRepair):
 
     def _repair(self, adapter, X, y, classes, *, monitor):
         name = type(self).__name__
-        layer = resolve_layer(adapter, self.layer)
         monitor = _check_monitor(*monitor, image_shape=X.shape[1:], n_classes=len(classes), caller=name)
         rng = check_random_state(self.random_state)
         work = adapter.copy()  # all evaluation hooks go on a copy: the user's module is untouched
+        site = self._site(work, X)
 
-        scores = self._scores(work, X, layer)
+        scores = self._scores(work, X, site)
         order = np.argsort(scores, kind="stable")
         n_units = len(scores)
-        search = PruningSearch(work, layer, order, X, y, attack_sets=[] if monitor is None else [monitor])
+        search = PruningSearch(work, site, order, X, y, attack_sets=[] if monitor is None else [monitor])
         base_acc, _ = search(0)
         if self.prune_ratio is None:
             # Prune as far as clean accuracy allows (the paper stops at a 4% drop),

@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval
 
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, check_label_value
-from ..models._surgery import UNIT_LAYERS, resolve_layer, unit_activations
+from ..models._surgery import UNIT_LAYERS, unit_activations, unit_site
 from ..triggers import resolve_triggers
 from ._base import BaseRepair, PruningSearch
 
@@ -37,11 +37,18 @@ class NeuronPruner(BaseRepair):
     ----------
     {triggers}
     layer : str, default=None
-        Convolution or linear layer to prune. ``None`` picks the second to
-        last layer, as the paper does (§VI-B): the penultimate layer, or the
-        last convolution or linear layer feeding it (``fc1`` of a
-        :class:`~backdoorlearn.models.SmallCNN`), whose weights can be
-        zeroed. The paper prunes the last convolution of its face models.
+        Convolution or linear layer to prune (any one the forward pass calls
+        once, by its dotted name, except the final classifier layer; the
+        error lists those that qualify). ``None`` picks the second to last
+        layer, as the paper does (§VI-B): the convolution or linear layer
+        nearest the final classifier layer on the main path of one traced
+        forward pass (``fc1`` of a :class:`~backdoorlearn.models.SmallCNN`,
+        the hidden layer of a VGG-style head, the last block's second
+        convolution of a residual net whose head reads the global pooling).
+        Its units are measured and masked where their output is used, after
+        the normalization, activation and residual add that follow it
+        (``activation_layer_``). The paper prunes the last convolution of
+        its face models.
     target_label : int, default=None
         Target of a trigger given without one. ``None`` takes the label the
         trigger sends most stamped inputs of ``X`` to.
@@ -63,6 +70,8 @@ class NeuronPruner(BaseRepair):
         The pruned copy of the model (the user's model is unchanged).
     layer_ : str
         The pruned layer.
+    activation_layer_ : str
+        The module at whose output the units are measured and masked.
     activation_gap_ : ndarray of shape (n_units,)
         Mean activation with the trigger minus without it (the largest over
         the triggers).
@@ -94,8 +103,10 @@ class NeuronPruner(BaseRepair):
 
     Notes
     -----
-    Units are pruned by zeroing their weights and bias (the architecture and
-    the ``state_dict`` keys are unchanged). Deviation from the paper, which
+    Units are pruned by zeroing their weights and bias, and those of the
+    normalization after them and of a residual shortcut, so a pruned unit
+    is exactly zero where it is used (the architecture and the
+    ``state_dict`` keys are unchanged); see :class:`FinePruner`'s Notes. Deviation from the paper, which
     prunes in steps until the trigger stops working: the smallest sufficient
     number of units is found by bisection, assuming attack success does not
     increase with pruning (the paper's curves, Fig. 9); the result is the
@@ -117,6 +128,8 @@ class NeuronPruner(BaseRepair):
     >>> pruner = NeuronPruner({0: trigger}, max_prune_ratio=0.5)
     >>> pruner.fit(SmallCNN(1, 10), X, y).layer_
     'fc1'
+    >>> pruner.activation_layer_
+    'penultimate'
     """
 
     _parameter_constraints = {
@@ -143,13 +156,14 @@ class NeuronPruner(BaseRepair):
 
     def _repair(self, adapter, X, y, classes):
         name = type(self).__name__
-        layer = resolve_layer(adapter, self._default_layer(adapter) if self.layer is None else self.layer,
-                              types=UNIT_LAYERS, what="convolution or linear layer")
         pairs = resolve_triggers(self.triggers, caller=name, image_shape=X.shape[1:])
         if not pairs:
             raise ValueError(f"{name} needs at least one trigger; the NeuralCleanse given flagged no label.")
         work = adapter.copy()
         n_classes = len(classes)
+        graph = work.layer_graph(X)
+        layer = self._default_layer(work, graph) if self.layer is None else self.layer
+        site = unit_site(work, X, layer, types=UNIT_LAYERS, what="convolution or linear layer", graph=graph)
 
         attack_sets = []
         for trigger, label in pairs:
@@ -164,12 +178,12 @@ class NeuronPruner(BaseRepair):
             attack_sets.append((X_stamped[keep], y[keep], label))
 
         # §VI-B: rank units by the activation gap between triggered and clean inputs.
-        clean = unit_activations(work, X, layer).mean(axis=0)
-        gaps = np.max([unit_activations(work, X_s, layer).mean(axis=0) - clean for X_s, _, _ in attack_sets],
+        clean = unit_activations(work, X, site).mean(axis=0)
+        gaps = np.max([unit_activations(work, X_s, site).mean(axis=0) - clean for X_s, _, _ in attack_sets],
                       axis=0)
         order = np.argsort(-gaps, kind="stable")
         n_units = len(order)
-        search = PruningSearch(work, layer, order, X, y, attack_sets=attack_sets)
+        search = PruningSearch(work, site, order, X, y, attack_sets=attack_sets)
 
         n_max = max(1, int(np.floor(self.max_prune_ratio * n_units)))
         k = search.smallest(n_max, lambda _acc, asr: asr < self.attack_success_threshold)
@@ -189,12 +203,12 @@ class NeuronPruner(BaseRepair):
         return net
 
     @staticmethod
-    def _default_layer(adapter):
-        # §VI-B targets the second to last layer: the penultimate representation,
-        # or the last convolution / linear layer feeding it (whose weights can be zeroed).
-        names = list(adapter.named_layers())
-        pen = adapter.default_penultimate_layer()
-        weighted = [n for n in names[: names.index(pen) + 1] if isinstance(adapter.named_layers()[n], UNIT_LAYERS)]
-        if not weighted:
-            raise ValueError(f"{adapter.defense} found no convolution or linear layer before {pen!r}; pass layer=.")
-        return weighted[-1]
+    def _default_layer(adapter, graph):
+        # §VI-B targets the second to last layer: the convolution or linear layer
+        # whose units make the penultimate representation, the one nearest the
+        # final classifier layer on the main path (its weights can be zeroed).
+        name = None if graph.head is None else graph.upstream(graph.head, UNIT_LAYERS)
+        if name is None:
+            raise ValueError(f"{adapter.defense} found no convolution or linear layer feeding the final "
+                             "classifier layer of this model; pass layer=.")
+        return name

@@ -451,7 +451,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         """Penultimate-layer activations of the training set (logits as a fallback)."""
         adapter = ModelAdapter(net.module_, batch_size=256)
         try:
-            layer = adapter.default_penultimate_layer()
+            layer = adapter.default_penultimate_layer(X)
         except ValueError:
             return adapter.logits(X).astype(np.float64)
         feats = adapter.activations(X, layer)
