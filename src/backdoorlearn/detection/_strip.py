@@ -148,7 +148,9 @@ class STRIPDetector(BaseDetector):
     Examples
     --------
     >>> import numpy as np
+    >>> import torch
     >>> from backdoorlearn import STRIPDetector, SmallCNN
+    >>> _ = torch.manual_seed(0)  # the untrained model's weights
     >>> rng = np.random.default_rng(0)
     >>> X = rng.random((40, 1, 8, 8), dtype=np.float32)
     >>> strip = STRIPDetector(SmallCNN(1, 10), n_perturbations=8, random_state=0).fit(X)
