@@ -294,6 +294,17 @@ def test_repair_needs_labels_and_python_architecture(files, tmp_path, capsys, di
            "TorchScript")
 
 
+def test_repair_of_a_model_without_convolutions_prunes_hidden_units():
+    from backdoorlearn.models import MLP
+
+    torch.manual_seed(0)
+    X = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
+    report = audit_model(MLP((1, 8, 8), 4, hidden=(16, 8)), X, np.arange(40) % 4, nc_steps=2,
+                         repair="fine-pruning", repair_epochs=1)
+    assert report["repair"]["layer"] == "fc2"
+    assert all(0 <= u < 8 for u in report["repair"]["pruned_units"])
+
+
 def test_a_late_failure_writes_nothing_and_keeps_an_earlier_report(files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "r"
     out.mkdir()

@@ -97,9 +97,10 @@ def audit_model(model, X, y=None, *, out=None, nc_steps=100, nc_mode="auto", dec
     repair : {"fine-pruning"} or None, default=None
         Repair the model on 80% of the clean data and measure the repair on
         the other 20%: clean accuracy and the attack success of the reversed
-        triggers, before and after. Fine-pruning reads a convolution's
-        activations, so it needs the model as a torch module with an
-        ``nn.Conv2d`` (not a TorchScript archive).
+        triggers, before and after. Fine-pruning reads the activations of
+        the last convolution (of a hidden linear layer in a model without
+        convolutions), so it needs the model as a torch module (not a
+        TorchScript archive).
     repair_epochs : int, default=None
         Fine-tuning epochs of the repair; ``None`` keeps FinePruner's.
     random_state : int, default=0
@@ -378,14 +379,16 @@ def _check_repairable(adapter, y, X, data_name):
                          "(give a .npz with 'y', a HackML .h5, an MNIST folder with its label file, or a folder "
                          "of images with one subfolder per label).")
     if isinstance(adapter.module, torch.jit.ScriptModule):
-        raise ValueError("repair='fine-pruning' reads a convolution's activations, which a TorchScript module "
+        raise ValueError("repair='fine-pruning' reads a layer's activations, which a TorchScript module "
                          "does not allow (no forward hooks); give the weights as a state_dict with the "
                          "architecture as code (--arch package.module:Class).")
+    from ..repair import FinePruner
+
     try:
-        adapter.default_conv_layer(X)
-    except ValueError:
-        raise ValueError(f"repair='fine-pruning' prunes the channels of a convolution; the model "
-                         f"({type(adapter.module).__name__}) has no nn.Conv2d layer.") from None
+        FinePruner()._site(adapter, X[:1])
+    except ValueError as exc:
+        raise ValueError(f"repair='fine-pruning' cannot run on this model ({type(adapter.module).__name__}): "
+                         f"{exc}") from None
     if len(X) < 10:
         raise ValueError(f"repair='fine-pruning' needs at least 10 labelled clean images (80% to repair, 20% to "
                          f"measure the repair); {data_name} has {len(X)}.")
@@ -516,7 +519,7 @@ def _fine_prune(adapter, X, y, nc, *, epochs, rng, device, verbose, log):
                               after=float(np.mean(repaired.predict(stamped) == label))))
     curve = pruner.pruning_curve_
     report = dict(
-        method="fine-pruning", layer=pruner.layer_, pruned_channels=pruner.pruned_units_,
+        method="fine-pruning", layer=pruner.layer_, pruned_units=pruner.pruned_units_,
         prune_ratio=float(pruner.prune_ratio_), fine_tune_epochs=int(pruner.fine_tune_epochs),
         n_fit=int(len(X_fit)), n_eval=int(len(X_eval)),
         clean_accuracy_before=float(np.mean(before == y_eval)), clean_accuracy_after=float(np.mean(after == y_eval)),
@@ -638,7 +641,7 @@ def format_summary(report, *, max_rows=10):
     repair = report.get("repair")
     if repair:
         lines.append("")
-        lines.append(f"Fine-pruning ({repair['layer']!r}, {100 * repair['prune_ratio']:.1f}% of channels pruned, "
+        lines.append(f"Fine-pruning ({repair['layer']!r}, {100 * repair['prune_ratio']:.1f}% of units pruned, "
                      f"{repair['fine_tune_epochs']} epochs), measured on {repair['n_eval']} held-out images:")
         rows = [("", "before", "after"),
                 ("clean accuracy", f"{100 * repair['clean_accuracy_before']:.1f}%",

@@ -321,7 +321,7 @@ def render_html(report, triggers):
     if repair:
         parts.append("<h2>Repair: fine-pruning</h2>")
         parts.append(
-            f"<p>Fine-Pruning (Liu et al., RAID 2018) pruned {len(repair['pruned_channels'])} channels "
+            f"<p>Fine-Pruning (Liu et al., RAID 2018) pruned {len(repair['pruned_units'])} units "
             f"({100 * repair['prune_ratio']:.1f}%) of <code>{_e(repair['layer'])}</code> and fine-tuned for "
             f"{repair['fine_tune_epochs']} epochs on {repair['n_fit']} clean images; the figures below are measured "
             f"on {repair['n_eval']} other clean images."
@@ -335,7 +335,7 @@ def render_html(report, triggers):
         parts.append(_figure(bars, "Clean accuracy and the reversed triggers' attack success, before and after.",
                              "repair"))
         parts.append(_figure(curve, "The pruning steps evaluated: clean accuracy (and the reversed trigger's success) "
-                             "against the share of channels pruned, before fine-tuning.", "pruning curve"))
+                             "against the share of units pruned, before fine-tuning.", "pruning curve"))
 
     env = report.get("environment", {})
     parts.append("<h2>Run</h2>")
