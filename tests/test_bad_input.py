@@ -46,17 +46,6 @@ class _Constant(nn.Module):
         return out * 0 + self.value
 
 
-class _Softmaxed(nn.Module):
-    """A SmallCNN with a final softmax: probabilities, not logits."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = SmallCNN(1, 10)
-
-    def forward(self, x):
-        return torch.softmax(self.body(x), dim=1)
-
-
 # ---------------------------------------------------------------- 5. target labels of the triggers
 @pytest.mark.parametrize("key, error, match", [
     (99, ValueError, r"in \[0, 9\]; got 99"),
@@ -164,16 +153,43 @@ def test_a_good_repair_says_so(digits_bench):
 
 
 # ---------------------------------------------------------------- 8. probabilities instead of logits
-def test_a_module_returning_probabilities_is_refused(images):
-    X, y = images
-    model = _Softmaxed()
-    for run in (lambda: ModelAdapter(model).logits(X),
-                lambda: STRIPDetector(model, n_perturbations=4).fit(X),
-                lambda: ActivationFilter(model, Trigger.patch((1, 8, 8), size=2), layer="body.fc1").fit(X),
-                lambda: FinePruner(fine_tune_epochs=0).fit(model, X, y),
-                lambda: Unlearner(Trigger.patch((1, 8, 8), size=2), fine_tune_epochs=1).fit(model, X, y)):
-        with raises_naming("model", match="must return logits.*sum to 1"):
-            run()
+class _Softmaxed(nn.Module):
+    """``body`` with a final softmax: probabilities, not logits."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return torch.softmax(self.body(x), dim=1)
+
+
+def test_a_module_returning_probabilities_is_read_as_such(digits_bench):
+    # STRIP around the softmaxed module scores exactly as around the module itself (the
+    # entropy scale is kept), with a warning saying the outputs were taken for probabilities.
+    b = digits_bench
+    body = b.backdoored_model.module_
+    model = _Softmaxed(body)
+    with pytest.warns(UserWarning, match="model given to STRIPDetector returns probabilities"):
+        strip = STRIPDetector(model, n_perturbations=8, random_state=0).fit(b.X_holdout)
+    reference = STRIPDetector(body, n_perturbations=8, random_state=0).fit(b.X_holdout)
+    np.testing.assert_allclose(strip.benign_scores_, reference.benign_scores_, rtol=1e-4, atol=1e-6)
+    with pytest.warns(UserWarning, match="returns probabilities"):
+        adapter = ModelAdapter(model)
+        np.testing.assert_allclose(adapter.predict_proba(b.X_test[:20]), ModelAdapter(body).predict_proba(b.X_test[:20]),
+                                   atol=1e-5)
+
+
+def test_a_repair_of_a_probability_module_returns_a_right_net(digits_bench):
+    b = digits_bench
+    model = _Softmaxed(b.backdoored_model.module_)
+    with watch(model) as w, pytest.warns(UserWarning, match="returns probabilities"):
+        pruner = FinePruner(prune_ratio=0.1, fine_tune_epochs=0).fit(model, b.X_holdout, b.y_holdout)
+    w.assert_unchanged()
+    # the repaired net's probabilities are the module's, not a softmax of them
+    np.testing.assert_allclose(pruner.predict_proba(b.X_holdout[:20]).sum(axis=1), 1, atol=1e-5)
+    assert pruner.predict_proba(b.X_holdout[:20]).max(axis=1).mean() > 0.5
+    assert pruner.score(b.X_holdout, b.y_holdout) > 0.9
 
 
 def test_logits_that_are_not_a_simplex_pass(images):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -162,13 +163,16 @@ class ModelAdapter:
     Parameters
     ----------
     model : torch.nn.Module, skorch.NeuralNetClassifier or estimator
-        A module must return logits: one whose outputs are probabilities
-        (rows non-negative and summing to 1, e.g. a final ``nn.Softmax``) is
-        refused with a ``ValueError`` at its first forward pass, since a
-        softmax applied twice flattens every score the defenses compute.
-        A skorch net must be initialized or fitted; one trained with
-        ``NLLLoss`` returns probabilities, and their logarithm is used as
-        its logits. Any other object needs ``predict_proba`` (a black box:
+        A module should return logits. One whose outputs are probabilities
+        (at its first forward pass through the adapter, every row
+        non-negative and summing to 1, e.g. a final ``nn.Softmax``) is
+        detected once, with a ``UserWarning``, and the logarithm of its
+        outputs is used as its logits: a softmax applied twice would flatten
+        every score the defenses compute. A copy a repair trains and returns
+        (:meth:`module_copy`) carries a forward hook taking that logarithm,
+        so the repaired net's cross-entropy and ``predict_proba`` stay
+        right. A skorch net must be initialized or fitted; one trained with
+        ``NLLLoss`` returns probabilities and is read the same way. Any other object needs ``predict_proba`` (a black box:
         only the black-box defenses accept it). Outputs holding NaN or
         infinity are refused with a ``ValueError``. Forward passes run on an
         :func:`inference_copy`: the module's train/eval flags are never
@@ -213,7 +217,7 @@ class ModelAdapter:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         self._requested_device = device
         self._runtime = None
-        self._outputs_checked = False
+        self._probabilities = None  # unknown until the first forward pass
 
     # ---------------------------------------------------------------- identity
     @property
@@ -306,10 +310,10 @@ class ModelAdapter:
         For use inside defenses' own torch loops; the forward pass runs on
         :attr:`runtime_module`, in eval mode, whatever mode the user's module
         is in. A skorch net trained with ``NLLLoss`` returns probabilities;
-        their logarithm is returned instead. Any other module must return
-        logits: the first batch is checked once, and a module whose rows are
-        all non-negative and sum to 1 (probabilities, e.g. a final
-        ``nn.Softmax``) is refused with a ``ValueError``.
+        their logarithm is returned instead. So is that of a module whose
+        first batch through the adapter had rows all non-negative and summing
+        to 1 (probabilities, e.g. a final ``nn.Softmax``; detected once, with
+        a ``UserWarning``).
 
         Parameters
         ----------
@@ -322,29 +326,39 @@ class ModelAdapter:
             Attached to the graph when ``xb`` requires grad.
         """
         out = self.runtime_module(xb)
-        if self.outputs_probabilities:
+        if self._probabilities is None:
+            self._probabilities = self._detect_probabilities(out)
+        if self.returns_probabilities:
             return torch.log(out.clamp_min(1e-12))
-        if not self._outputs_checked:
-            self._check_not_probabilities(out)
         return out
 
-    def _check_not_probabilities(self, out):
-        """Refuse a module returning probabilities instead of logits (checked once)."""
-        if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] > 0 and out.shape[1] > 1:
-            with torch.no_grad():
-                o = out.detach().float()
-                if bool(torch.isfinite(o).all()) and bool((o >= 0).all()) and bool(
-                    torch.allclose(o.sum(dim=1), torch.ones(len(o), device=o.device), atol=1e-4)
-                ):
-                    who = f" given to {self.defense}" if self.defense else ""
-                    raise ValueError(
-                        f"model{who} must return logits (unnormalized scores); got outputs whose "
-                        "rows are all non-negative and sum to 1, which are probabilities (a final "
-                        "softmax). Remove the final softmax layer, or wrap the module in a skorch "
-                        "NeuralNetClassifier with criterion=torch.nn.NLLLoss, whose probabilities "
-                        "the adapter reads as such."
-                    )
-        self._outputs_checked = True
+    @property
+    def returns_probabilities(self):
+        """Whether the module's outputs are read as probabilities (their log is used as logits).
+
+        True for a skorch net trained with ``NLLLoss`` and for a module whose
+        first forward pass through the adapter returned rows that are all
+        non-negative and sum to 1 (detected once, with a ``UserWarning``).
+        """
+        return self.outputs_probabilities or bool(self._probabilities)
+
+    def _detect_probabilities(self, out):
+        """Whether a module's first outputs are probabilities (non-negative rows summing to 1)."""
+        if self.kind == "sklearn" or self.outputs_probabilities:
+            return False
+        if not (isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] > 0 and out.shape[1] > 1):
+            return False
+        with torch.no_grad():
+            o = out.detach().float()
+            simplex = bool(torch.isfinite(o).all()) and bool((o >= 0).all()) and bool(
+                torch.allclose(o.sum(dim=1), torch.ones(len(o), device=o.device), atol=1e-4))
+        if simplex:
+            who = f" given to {self.defense}" if self.defense else ""
+            warnings.warn(
+                f"model{who} returns probabilities, not logits: its outputs are non-negative and sum to 1. "
+                "Their logarithm is used as the logits (a second softmax would flatten every score); "
+                "remove the final softmax to silence this warning.", UserWarning, stacklevel=4)
+        return simplex
 
     def eval(self):
         """A context yielding :attr:`runtime_module`, already in eval mode.
@@ -611,22 +625,38 @@ class ModelAdapter:
         adapter : ModelAdapter
             Same device and batch size, around the copy.
         """
-        return ModelAdapter(
+        adapter = ModelAdapter(
             _deepcopy(self.model),
             defense=self.defense,
             device=self._requested_device,
             batch_size=self.batch_size,
         )
+        adapter._probabilities = self._probabilities  # detected once, for the copies too
+        return adapter
 
     def module_copy(self):
         """Copy the torch module deeply, onto :attr:`device`.
+
+        A module read as returning probabilities (see
+        :attr:`returns_probabilities`) gets a forward hook that returns the
+        logarithm of its outputs: the copy returns logits, with the same
+        layers and ``state_dict``.
 
         Returns
         -------
         module : nn.Module
             The copy.
         """
-        return _deepcopy(self.module).to(torch.device(self.device))
+        module = _deepcopy(self.module).to(torch.device(self.device))
+        if self.returns_probabilities:
+            if isinstance(module, torch.jit.ScriptModule):
+                raise ValueError(
+                    f"model given to {self.defense or 'the adapter'} is a TorchScript module returning "
+                    "probabilities, which cannot be given a hook returning logits; script it without the "
+                    "final softmax."
+                )
+            module.register_forward_hook(LogOutputs())
+        return module
 
     def to_net(self, module=None, classes=None, **net_params):
         """Wrap ``module`` (default: a copy of this model's) into a fitted skorch net.
@@ -651,6 +681,17 @@ class ModelAdapter:
         if classes is None:
             raise ValueError("to_net needs classes= for a bare module.")
         return wrap_module(module, classes=classes, device=self.device, **net_params)
+
+
+class LogOutputs:
+    """A forward hook that turns a module's probability outputs into logits (their logarithm).
+
+    Picklable (a class, not a closure), so a repaired net holding it can be
+    saved with joblib or pickle.
+    """
+
+    def __call__(self, _module, _inputs, output):
+        return torch.log(output.clamp_min(1e-12))
 
 
 def _deepcopy(model):
