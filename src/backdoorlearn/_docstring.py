@@ -36,7 +36,7 @@ triggers : Trigger, list of Trigger, dict or fitted NeuralCleanse
     :class:`~backdoorlearn.NeuralCleanse` contributes the reversed triggers
     of its flagged labels (``reversed_triggers_[label]`` for each label in
     ``flagged_labels_``) with those labels as targets; a dict maps target
-    labels to triggers. ``sklearn.clone`` of the repair hands over an
+    labels (integers in ``[0, n_classes)``, checked at fit) to triggers. ``sklearn.clone`` of the repair hands over an
     unfitted copy of a ``NeuralCleanse``: pass the dict
     ``{k: nc.reversed_triggers_[k] for k in nc.flagged_labels_}`` to clone
     it.""",

@@ -146,7 +146,7 @@ class BaseDetector(PrefitModelsMixin, BaseEstimator, metaclass=ABCMeta):
             n_bad = int((~np.isfinite(scores)).sum())
             raise ValueError(
                 f"model given to {type(self).__name__} must return finite outputs; {n_bad} of "
-                f"{scores.size} input(s) got a NaN or infinite score (check the model's weights "
+                f"{scores.size} input(s) got a non-finite (NaN or infinite) score (check the model's weights "
                 "and the inputs' scale)."
             )
         return scores

@@ -86,8 +86,12 @@ class STRIPDetector(BaseDetector):
     model : torch.nn.Module, skorch.NeuralNetClassifier or classifier
         The deployed (possibly backdoored) classifier, already trained: a
         module returning logits, a skorch net, or any estimator with
-        ``predict_proba``. It is never modified, and ``clone`` keeps it by
-        reference (a fitted model stays fitted inside ``GridSearchCV``).
+        ``predict_proba``. It is never modified, not even its train/eval
+        flags, and ``clone`` keeps it by reference (a fitted model stays
+        fitted inside ``GridSearchCV``). A module returning probabilities
+        instead of logits is detected and their logarithm used as logits,
+        with a warning (see :class:`~backdoorlearn.ModelAdapter`); a model
+        returning NaN or infinity is refused with a ``ValueError``.
     n_perturbations : int, default=100
         Number ``N`` of superimposed replicas per input (the paper's ``N``;
         it uses 100). Costs ``N`` forward passes per input.
@@ -96,7 +100,8 @@ class STRIPDetector(BaseDetector):
         threshold is the benign entropies' quantile at this rate.
     threshold : float, default=None
         A fixed threshold on :meth:`score_samples` (normalized entropy, in
-        [0, 1]); overrides the learned one.
+        [0, 1]); overrides the learned one. Must be finite (a NaN would flag
+        nothing).
     threshold_method : {"quantile", "normal"}, default="quantile"
         ``"quantile"``: empirical quantile of the benign scores.
         ``"normal"``: ``mean - z * std`` of a normal fitted to them, as the

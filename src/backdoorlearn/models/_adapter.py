@@ -389,9 +389,9 @@ class ModelAdapter:
         if not np.isfinite(out).all():
             who = f" given to {self.defense}" if self.defense else ""
             n_bad = int((~np.isfinite(out)).reshape(len(out), -1).any(axis=1).sum())
-            raise ValueError(
-                f"model{who} must return finite outputs; it returned NaN or infinity for "
-                f"{n_bad} of {len(out)} input(s) (check its weights and the inputs' scale)."
+            raise NonFiniteOutputError(
+                f"model{who} must return finite outputs; it returned non-finite values (NaN or "
+                f"infinity) for {n_bad} of {len(out)} input(s) (check its weights and the inputs' scale)."
             )
         return out
 
@@ -681,6 +681,14 @@ class ModelAdapter:
         if classes is None:
             raise ValueError("to_net needs classes= for a bare module.")
         return wrap_module(module, classes=classes, device=self.device, **net_params)
+
+
+class NonFiniteOutputError(ValueError, FloatingPointError):
+    """A model returned NaN or infinity: a ``ValueError`` (bad model) and a ``FloatingPointError``.
+
+    The second base keeps Neural Cleanse's contract, whose optimization
+    raises ``FloatingPointError`` on non-finite logits.
+    """
 
 
 class LogOutputs:

@@ -65,6 +65,11 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
     False, with the reasons in ``repair_problems_``; ``accuracy_before_``
     and ``accuracy_repaired_`` hold the two accuracies.
 
+    A module returning probabilities instead of logits is read as such (see
+    :class:`~backdoorlearn.ModelAdapter`): the repaired copy carries a hook
+    returning their logarithm, so ``repaired_model_.predict_proba`` is
+    right.
+
     :meth:`predict`, :meth:`predict_proba` and :meth:`score` delegate to
     ``repaired_model_``. A repair needs ``batch_size`` and ``device``
     parameters; the pruning repairs search the amount of pruning with
