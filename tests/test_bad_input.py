@@ -140,6 +140,9 @@ def test_an_accuracy_loss_beyond_the_budget_is_reported(digits_bench):
         pruner = FinePruner(prune_ratio=0.95, fine_tune_epochs=0).fit(b.backdoored_model, X, y)
     assert pruner.repair_ok_ is False
     assert pruner.accuracy_before_ - pruner.accuracy_repaired_ > 0.04
+    # no fine-tuning: the repaired model is the pruned one the search measured
+    assert pruner.accuracy_repaired_ == pytest.approx(pruner.accuracy_pruned_)
+    assert pruner.accuracy_before_ == pytest.approx(pruner.pruning_curve_.clean_accuracy[0])
 
 
 def test_a_good_repair_says_so(digits_bench):
