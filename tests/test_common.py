@@ -5,7 +5,10 @@ estimator takes arbitrary 2-D data. Each wraps a model fitted on a fixed
 input shape (detectors, the bimodel and guarded classifiers, the repairs),
 or trains a convolutional network on images (``AntiBackdoorLearner``), so
 the generic checks' random ``(n, n_features)`` arrays cannot reach them. The
-API checks that do not feed data are run instead, on every estimator.
+API checks that do not feed data are run instead, on every estimator, and
+scikit-learn's sample-order and subset invariance checks on the black-box
+configurations that do take any 2-D data (STRIP and the guarded classifier
+around a prefit ``predict_proba`` model of any width).
 The contracts every defense keeps (the user's model and data unchanged,
 the same ``random_state`` giving the same result, errors naming their
 argument) are checked beside each defense, since each needs a fitted model
@@ -18,8 +21,11 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.estimator_checks import (
     check_get_params_invariance,
+    check_methods_sample_order_invariance,
+    check_methods_subset_invariance,
     check_no_attributes_set_in_init,
     check_set_params,
 )
@@ -132,3 +138,36 @@ def test_repairs_delegate_to_the_repaired_model(name):
         repair.predict(np.zeros((2, 1, 9, 9), np.float32))
     with pytest.raises(NotFittedError):
         clone(repair).predict(X)
+
+
+class _AnyWidthBlackBox(ClassifierMixin, BaseEstimator):
+    """A prefit black box with ``predict_proba`` on 2-D data of any width (3 classes)."""
+
+    classes_ = np.arange(3)
+
+    def fit(self, X, y=None):
+        return self
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def predict_proba(self, X):
+        X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+        z = np.stack([X.mean(axis=1), X[:, 0], -X.mean(axis=1)], axis=1)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
+
+def _black_box_2d_instances():
+    strip = bl.STRIPDetector(_AnyWidthBlackBox(), n_perturbations=4, random_state=0)
+    return {"STRIPDetector": strip,
+            "GuardedClassifier": bl.GuardedClassifier(_AnyWidthBlackBox(), clone(strip).set_params(model=None))}
+
+
+@pytest.mark.parametrize("check", [check_methods_sample_order_invariance, check_methods_subset_invariance],
+                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", sorted(_black_box_2d_instances()))
+def test_answers_do_not_depend_on_the_other_rows(name, check):
+    # scikit-learn's own order and subset invariance checks, on the configurations that take
+    # arbitrary 2-D data: STRIP draws each input's overlays from the input itself (issue 14).
+    check(name, _black_box_2d_instances()[name])

@@ -11,7 +11,7 @@ from .ensemble import BimodelClassifier, GuardedClassifier
 from .detection import ActivationFilter
 from .inspection import NeuralCleanse
 from .models import ModelAdapter, SmallCNN, wrap_module
-from .repair import FinePruner, NeuronPruner, Unlearner
+from .repair import FinePruner, NeuronPruner, RepairWarning, Unlearner
 from .training import AntiBackdoorLearner
 from .triggers import Trigger
 
@@ -28,6 +28,7 @@ __all__ = [
     "NeuralCleanse",
     "NeuronPruner",
     "PruningAwareAttack",
+    "RepairWarning",
     "SmallCNN",
     "STRIPDetector",
     "Trigger",

@@ -36,10 +36,20 @@ triggers : Trigger, list of Trigger, dict or fitted NeuralCleanse
     :class:`~backdoorlearn.NeuralCleanse` contributes the reversed triggers
     of its flagged labels (``reversed_triggers_[label]`` for each label in
     ``flagged_labels_``) with those labels as targets; a dict maps target
-    labels to triggers. ``sklearn.clone`` of the repair hands over an
+    labels (integers in ``[0, n_classes)``, checked at fit) to triggers. ``sklearn.clone`` of the repair hands over an
     unfitted copy of a ``NeuralCleanse``: pass the dict
     ``{k: nc.reversed_triggers_[k] for k in nc.flagged_labels_}`` to clone
     it.""",
+    "repair_checks": """\
+accuracy_repaired_ : float
+    Clean accuracy on ``X`` of the repaired model.
+repair_ok_ : bool
+    False when the repaired model failed the checks of every repair: its
+    weights hold NaN or infinity (the fine-tuning diverged), or it lost
+    more clean accuracy on ``X`` than the budget (a :class:`~backdoorlearn.RepairWarning`
+    said so at fit).
+repair_problems_ : list of str
+    What failed the checks (empty when ``repair_ok_``).""",
     "verbose": """\
 verbose : int, default=0
     0 is silent; 1 shows tqdm progress for the long loops.""",

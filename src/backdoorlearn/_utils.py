@@ -20,6 +20,7 @@ __all__ = [
     "DEVICE_CONSTRAINT",
     "check_images",
     "check_finite_array",
+    "check_label_value",
     "check_labels",
     "PrefitModelsMixin",
     "module_device",
@@ -153,10 +154,14 @@ def check_labels(y, *, n_samples=None, n_classes=None, name="y", caller=None):
 
 
 def check_label_value(label, n_classes, *, name, caller=None):
-    """Check one class label is an integer in ``[0, n_classes)``."""
+    """Check one class label is an integer in ``[0, n_classes)`` (``>= 0`` when ``n_classes`` is None)."""
     where = f" in {caller}" if caller else ""
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, numbers.Integral):
         raise TypeError(f"{name}{where} must be an integer class label; got {_describe(label)}.")
+    if n_classes is None:
+        if int(label) < 0:
+            raise ValueError(f"{name}{where} must be a class label >= 0; got {label}.")
+        return int(label)
     if not 0 <= int(label) < n_classes:
         raise ValueError(
             f"{name}{where} must be a class label in [0, {n_classes - 1}]; got {label}."

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from ._utils import check_images
+from ._utils import check_images, check_label_value
 
 __all__ = ["Trigger", "stamp"]
 
@@ -465,14 +465,16 @@ def is_neural_cleanse(obj):
     return hasattr(obj, "reversed_triggers_") and hasattr(obj, "flagged_labels_")
 
 
-def resolve_triggers(triggers, *, caller, image_shape=None):
+def resolve_triggers(triggers, *, caller, image_shape=None, n_classes=None):
     """``triggers`` as a list of ``(Trigger, target_label or None)`` pairs.
 
     Accepts a :class:`~backdoorlearn.Trigger`, a list of them, a dict
     ``{target_label: Trigger}`` or a fitted ``NeuralCleanse`` (its flagged
     labels' reversed triggers, or its flagged source -> target pairs' ones).
     An empty list means nothing was flagged. The one place that reads the
-    ``triggers`` argument of the repairs and the activation filter.
+    ``triggers`` argument of the repairs and the activation filter. A target
+    label must be an integer ``>= 0`` (a dict key ``0.7`` or ``-1`` is an
+    error, not label 0 or the last label), and below ``n_classes`` when given.
     """
     if is_neural_cleanse(triggers):
         if getattr(triggers, "flagged_pairs_", None):  # source -> target mode
@@ -490,7 +492,9 @@ def resolve_triggers(triggers, *, caller, image_shape=None):
     elif isinstance(triggers, Trigger):
         pairs = [(triggers, None)]
     elif isinstance(triggers, dict):
-        pairs = [(t, int(k)) for k, t in triggers.items()]
+        if not triggers:
+            raise ValueError(f"triggers in {caller} must not be an empty dict; give {{target_label: Trigger}}.")
+        pairs = [(t, k) for k, t in triggers.items()]
     elif isinstance(triggers, (list, tuple)) and len(triggers) > 0:
         pairs = [(t, None) for t in triggers]
     else:
@@ -498,6 +502,9 @@ def resolve_triggers(triggers, *, caller, image_shape=None):
             f"triggers in {caller} must be a Trigger, a non-empty list of Trigger, a dict "
             f"{{target_label: Trigger}} or a fitted NeuralCleanse; got {type(triggers).__name__}."
         )
+    what = "target label (dict key) of triggers" if isinstance(triggers, dict) else "target label of triggers"
+    pairs = [(t, None if k is None else check_label_value(k, n_classes, name=f"the {what}", caller=caller))
+             for t, k in pairs]
     for t, _ in pairs:
         if not isinstance(t, Trigger):
             raise TypeError(f"triggers in {caller} must hold Trigger objects; got {type(t).__name__}.")

@@ -272,7 +272,8 @@ def _audit(model, X, y, *, out, meta, nc_steps, nc_mode, decision_rule, anomaly_
     n_classes, probabilities = _check_fits(adapter, X, data_name)
     if probabilities:
         warnings_.append("the model's outputs are non-negative and sum to 1 for every image: it seems to return "
-                         "probabilities, while backdoorlearn expects logits (drop the final softmax).")
+                         "probabilities, while backdoorlearn expects logits: their logarithm was used as the logits "
+                         "(drop the final softmax).")
     if n_classes < 3:
         raise ValueError(f"the model has {n_classes} output(s); Neural Cleanse needs at least 3 labels to "
                          "compare their trigger norms.")
@@ -368,8 +369,8 @@ def _check_fits(adapter, X, data_name):
             f"the model must return logits of shape (n_images, n_classes); for images of shape "
             f"{tuple(X.shape[1:])} it returned shape {tuple(logits.shape)}."
         )
-    sample = adapter.logits(X[: min(len(X), 64)])
-    probabilities = bool((sample >= 0).all() and np.allclose(sample.sum(axis=1), 1, atol=1e-4))
+    # the adapter detects probability outputs at the first forward pass (and reads their log as logits)
+    probabilities = adapter.returns_probabilities and not adapter.outputs_probabilities
     return int(logits.shape[1]), probabilities
 
 

@@ -40,7 +40,11 @@ class ActivationFilter(BaseDetector):
     Parameters
     ----------
     model : torch.nn.Module or skorch.NeuralNetClassifier
-        The (suspect) model; never modified, kept by reference by ``clone``.
+        The (suspect) model; never modified (not even its train/eval flags:
+        activations come from an eval-mode copy sharing its weights), kept
+        by reference by ``clone``. Probability outputs are read as in
+        :class:`~backdoorlearn.ModelAdapter`; NaN or infinite outputs are
+        refused with a ``ValueError``.
     triggers : Trigger, list of Trigger or fitted NeuralCleanse
         The trigger(s) whose neurons are watched. A fitted
         :class:`NeuralCleanse` contributes the triggers of its flagged labels
@@ -66,7 +70,8 @@ class ActivationFilter(BaseDetector):
         the clean scores' quantile at this rate (the paper's 5% false
         positive rate).
     threshold : float, default=None
-        A fixed threshold on the score instead of the learned one.
+        A fixed threshold on the score instead of the learned one; must be
+        finite.
     threshold_method : {"quantile", "normal"}, default="quantile"
         Empirical quantile of the clean scores, or ``mean - z * std`` of a
         normal fitted to them.

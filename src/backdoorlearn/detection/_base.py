@@ -124,10 +124,32 @@ class BaseDetector(PrefitModelsMixin, BaseEstimator, metaclass=ABCMeta):
                 f"{name}.fit needs at least {self._min_benign} benign samples; got {X.shape[0]}"
                 + (" with y == 0." if y is not None else ".")
             )
-        scores = np.asarray(self._fit_detector(X), dtype=np.float64)
+        self._check_threshold_param()
+        scores = self._check_scores(self._fit_detector(X))
         self.benign_scores_ = scores
         self.threshold_ = self._learn_threshold(scores)
         return self
+
+    def _check_threshold_param(self):
+        """Refuse a NaN or infinite ``threshold``: a NaN would flag nothing, silently."""
+        t = self.threshold
+        if t is not None and not np.isfinite(float(t)):
+            raise ValueError(
+                f"The 'threshold' parameter of {type(self).__name__} must be a finite float or None; "
+                f"got {t!r}."
+            )
+
+    def _check_scores(self, scores):
+        """Scores as float64, refused when the model made any of them NaN or infinite."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if not np.isfinite(scores).all():
+            n_bad = int((~np.isfinite(scores)).sum())
+            raise ValueError(
+                f"model given to {type(self).__name__} must return finite outputs; {n_bad} of "
+                f"{scores.size} input(s) got a non-finite (NaN or infinite) score (check the model's weights "
+                "and the inputs' scale)."
+            )
+        return scores
 
     def _learn_threshold(self, scores):
         if self.threshold is not None:
@@ -152,7 +174,7 @@ class BaseDetector(PrefitModelsMixin, BaseEstimator, metaclass=ABCMeta):
         """
         check_is_fitted(self, "threshold_")
         X = self._check_X(X, reset=False)
-        return np.asarray(self._score_samples(X), dtype=np.float64)
+        return self._check_scores(self._score_samples(X))
 
     def decision_function(self, X):
         """``score_samples(X) - threshold_``: negative for flagged inputs.
@@ -167,7 +189,12 @@ class BaseDetector(PrefitModelsMixin, BaseEstimator, metaclass=ABCMeta):
         decision : ndarray of shape (n_samples,)
             Negative where the input is flagged as trojaned.
         """
-        return self.score_samples(X) - self.threshold_
+        scores = self.score_samples(X)
+        if not np.isfinite(self.threshold_):  # set by hand after fit
+            raise ValueError(
+                f"threshold_ of {type(self).__name__} must be finite; got {self.threshold_!r}."
+            )
+        return scores - self.threshold_
 
     def predict(self, X):
         """1 for inputs flagged as trojaned, 0 for accepted ones.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from numbers import Integral, Real
 
@@ -19,11 +20,11 @@ from ._base import BaseDetector
 __all__ = ["STRIPDetector"]
 
 # Largest (inputs x pool) random-key matrix drawn at once when overlays are
-# sampled without replacement, and the fewest blended rows prepared per chunk.
+# sampled without replacement.
 _MAX_KEYS = 1 << 22
-_MIN_CHUNK_ROWS = 1 << 16
 # Fixed odd multipliers for the exact-duplicate lookup (see _row_keys).
 _KEY_SEED = 20191209
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _row_keys(X, chunk=1024):
@@ -37,6 +38,27 @@ def _row_keys(X, chunk=1024):
             part = flat[start : start + chunk].astype(np.uint64)
             keys[start : start + chunk] = (part * mult).sum(axis=1, dtype=np.uint64)
     return keys
+
+
+def _row_seeds(X, seed):
+    """A 64-bit seed per row: a keyed BLAKE2b digest of ``seed`` and the row's float32 bytes.
+
+    The overlays of an input are drawn from its own seed, so they depend on
+    ``random_state`` and on the input, never on the other rows of the call.
+    """
+    flat = np.ascontiguousarray(X, dtype=np.float32).reshape(len(X), -1)
+    key = int(seed).to_bytes(8, "little")
+    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest() for row in flat)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def _counter_random(seeds, n):
+    """``(len(seeds), n)`` uint64 draws, counter-based: entry ``j`` of row ``r`` is splitmix64(seed_r, j)."""
+    with np.errstate(over="ignore"):
+        z = seeds[:, None] + (np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)[None, :]
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 @fill_doc
@@ -64,8 +86,12 @@ class STRIPDetector(BaseDetector):
     model : torch.nn.Module, skorch.NeuralNetClassifier or classifier
         The deployed (possibly backdoored) classifier, already trained: a
         module returning logits, a skorch net, or any estimator with
-        ``predict_proba``. It is never modified, and ``clone`` keeps it by
-        reference (a fitted model stays fitted inside ``GridSearchCV``).
+        ``predict_proba``. It is never modified, not even its train/eval
+        flags, and ``clone`` keeps it by reference (a fitted model stays
+        fitted inside ``GridSearchCV``). A module returning probabilities
+        instead of logits is detected and their logarithm used as logits,
+        with a warning (see :class:`~backdoorlearn.ModelAdapter`); a model
+        returning NaN or infinity is refused with a ``ValueError``.
     n_perturbations : int, default=100
         Number ``N`` of superimposed replicas per input (the paper's ``N``;
         it uses 100). Costs ``N`` forward passes per input.
@@ -74,7 +100,8 @@ class STRIPDetector(BaseDetector):
         threshold is the benign entropies' quantile at this rate.
     threshold : float, default=None
         A fixed threshold on :meth:`score_samples` (normalized entropy, in
-        [0, 1]); overrides the learned one.
+        [0, 1]); overrides the learned one. Must be finite (a NaN would flag
+        nothing).
     threshold_method : {"quantile", "normal"}, default="quantile"
         ``"quantile"``: empirical quantile of the benign scores.
         ``"normal"``: ``mean - z * std`` of a normal fitted to them, as the
@@ -93,8 +120,9 @@ class STRIPDetector(BaseDetector):
     batch_size : int, default=1024
         Blended inputs per forward pass (bounds memory, not the result).
     {random_state}
-        It draws the overlays; with an int, scoring the same ``X`` twice gives
-        the same scores.
+        With the input itself, it seeds each input's overlays: with an int,
+        an input gets the same score whatever rows it is scored with, in any
+        order and in any call; with ``None`` a fresh seed is drawn per call.
     {verbose}
 
     Attributes
@@ -133,11 +161,17 @@ class STRIPDetector(BaseDetector):
     Overlays are drawn uniformly from the pool, without replacement when the
     pool holds more than ``n_perturbations`` inputs (else with replacement),
     and never the input itself: at fit by position, afterwards by looking up
-    inputs that are bit-identical to a pool image.
+    inputs that are bit-identical to a pool image. The draws of an input come
+    from its own seed, a keyed BLAKE2b digest of its float32 bytes under a
+    key drawn from ``random_state``, so an input's answer never depends on
+    the other inputs of the call or on its position among them (the
+    ``random_state`` plays the part of a secret key: an attacker who knows
+    it can compute the overlays an input will get).
 
-    All the blends of a chunk of inputs are built at once and go through the
-    model in batches of ``batch_size`` rows: the cost is the ``N`` forward
-    passes per input that STRIP needs.
+    The blends of ``batch_size // N`` whole inputs go through the model in
+    one forward pass (one input's blends in pieces of ``batch_size`` rows
+    when ``N`` is larger): the cost is the ``N`` forward passes per input
+    that STRIP needs.
 
     References
     ----------
@@ -256,37 +290,43 @@ class STRIPDetector(BaseDetector):
             idx[hit[~same]] = -1
         return idx
 
-    def _draw_overlays(self, rng, exclude):
-        """Pool indices of shape (len(exclude), N), never the excluded index of each row."""
+    def _draw_overlays(self, seeds, exclude):
+        """Pool indices of shape (len(exclude), N), never the excluded index of each row.
+
+        Row ``r``'s draws come from ``seeds[r]`` alone (see :func:`_row_seeds`).
+        """
         m, n_pool, N = len(exclude), len(self.pool_), self.n_perturbations
         has = exclude >= 0
         if N < n_pool:
             # Without replacement: the N smallest of uniform keys, self ranked last.
-            keys = rng.random((m, n_pool), dtype=np.float32)
-            keys[np.flatnonzero(has), exclude[has]] = 2.0
-            return np.argpartition(keys, N - 1, axis=1)[:, :N]
+            out = np.empty((m, N), dtype=np.int64)
+            step = max(1, _MAX_KEYS // n_pool)
+            for r0 in range(0, m, step):  # bounds the key matrix
+                r1 = min(m, r0 + step)
+                keys = _counter_random(seeds[r0:r1], n_pool)
+                rows = np.flatnonzero(has[r0:r1])
+                keys[rows, exclude[r0:r1][rows]] = np.iinfo(np.uint64).max
+                out[r0:r1] = np.argpartition(keys, N - 1, axis=1)[:, :N]
+            return out
         high = np.where(has, n_pool - 1, n_pool)[:, None]
-        draw = (rng.random((m, N)) * high).astype(np.int64)
+        unit = (_counter_random(seeds, N) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        draw = np.minimum((unit * high).astype(np.int64), high - 1)
         return draw + (has[:, None] & (draw >= exclude[:, None]))
 
-    def _row_batches(self, n, exclude, rng):
-        """Yield (input index, overlay index) arrays of ``batch_size`` blended rows."""
+    def _row_batches(self, X, exclude, seed):
+        """Yield ``(i0, i1, overlays)``: inputs ``i0:i1`` and pool indices of shape (i1 - i0, k).
+
+        Batches hold whole inputs (``batch_size // N`` of them), or one input's
+        overlays in pieces of ``batch_size`` when ``N > batch_size``: an
+        input's blends and their sum never depend on its neighbours.
+        """
         N, bs = self.n_perturbations, self.batch_size
-        chunk = max(1, min(max(bs, _MIN_CHUNK_ROWS) // N, _MAX_KEYS // len(self.pool_)))
-        held_x, held_o, n_held = [], [], 0
-        for i0 in range(0, n, chunk):
-            i1 = min(n, i0 + chunk)
-            held_o.append(self._draw_overlays(rng, exclude[i0:i1]).ravel())
-            held_x.append(np.repeat(np.arange(i0, i1), N))
-            n_held += (i1 - i0) * N
-            if n_held >= bs:
-                xs, os_ = np.concatenate(held_x), np.concatenate(held_o)
-                cut = (n_held // bs) * bs
-                for s in range(0, cut, bs):
-                    yield xs[s : s + bs], os_[s : s + bs]
-                held_x, held_o, n_held = [xs[cut:]], [os_[cut:]], n_held - cut
-        if n_held:
-            yield np.concatenate(held_x), np.concatenate(held_o)
+        per = max(1, bs // N)
+        for i0 in range(0, len(X), per):
+            i1 = min(len(X), i0 + per)
+            overlays = self._draw_overlays(_row_seeds(X[i0:i1], seed), exclude[i0:i1])
+            for s0 in range(0, N, bs if N > bs else N):
+                yield i0, i1, overlays[:, s0 : s0 + bs]
 
     def _superimpose(self, x, overlay):
         """Blend in place into ``x``, a fresh gathered copy (numpy array or torch tensor)."""
@@ -304,14 +344,14 @@ class STRIPDetector(BaseDetector):
     def _entropy(self, X, exclude):
         """Normalized mean entropy (Eq. 3-5) of each input of validated ``X``."""
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-        rng = np.random.default_rng(seed)
         n, N = len(X), self.n_perturbations
         sums = np.zeros(n, dtype=np.float64)
-        batches = self._row_batches(n, np.asarray(exclude), rng)
+        batches = self._row_batches(X, np.asarray(exclude), seed)
         if self.verbose:
             from tqdm.auto import tqdm
 
-            total = math.ceil(n * N / self.batch_size)
+            per = max(1, self.batch_size // N)
+            total = math.ceil(n / per) * (math.ceil(N / self.batch_size) if N > self.batch_size else 1)
             batches = tqdm(batches, total=total, desc="STRIP", leave=False)
         adapter = self._adapter
         if adapter.is_white_box:
@@ -319,26 +359,21 @@ class STRIPDetector(BaseDetector):
             X_t = torch.from_numpy(np.ascontiguousarray(X)).to(device)
             pool_t = torch.from_numpy(self.pool_).to(device)
             with adapter.eval(), torch.no_grad():
-                for xi, oi in batches:
+                for i0, i1, oi in batches:
+                    xi = np.repeat(np.arange(i0, i1), oi.shape[1])
                     blend = self._superimpose(
-                        X_t[torch.from_numpy(xi).to(device)], pool_t[torch.from_numpy(oi).to(device)]
+                        X_t[torch.from_numpy(xi).to(device)], pool_t[torch.from_numpy(oi.ravel()).to(device)]
                     )
                     logp = torch.log_softmax(adapter.forward_logits(blend).float(), dim=1)
                     # per replica, over the classes (axis 1), in bits
                     h = -(logp.exp() * logp).sum(dim=1) / math.log(2)
-                    self._accumulate(sums, xi, h.cpu().numpy())
+                    sums[i0:i1] += h.double().cpu().numpy().reshape(i1 - i0, -1).sum(axis=1)
         else:
-            for xi, oi in batches:
-                blend = self._superimpose(X[xi], self.pool_[oi])
+            for i0, i1, oi in batches:
+                xi = np.repeat(np.arange(i0, i1), oi.shape[1])
+                blend = self._superimpose(X[xi], self.pool_[oi.ravel()])
                 p = adapter.predict_proba(blend, batch_size=len(blend))
                 # entr(p) = -p ln p, 0 at p = 0; per replica, over the classes
                 h = entr(p).sum(axis=1, dtype=np.float64) / math.log(2)
-                self._accumulate(sums, xi, h)
+                sums[i0:i1] += h.reshape(i1 - i0, -1).sum(axis=1)
         return sums / N / math.log2(self.n_classes_)
-
-    @staticmethod
-    def _accumulate(sums, xi, h):
-        # xi is sorted: add each input's replica entropies into its slot.
-        start = xi[0]
-        part = np.bincount(xi - start, weights=h)
-        sums[start : start + len(part)] += part

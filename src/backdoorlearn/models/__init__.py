@@ -1,6 +1,6 @@
 """How backdoorlearn holds, builds, trains and cuts a model."""
 
-from ._adapter import ModelAdapter, eval_mode, model_fingerprint
+from ._adapter import ModelAdapter, eval_mode, inference_copy, model_fingerprint
 from ._architectures import MLP, ResidualCNN, VGGStyleCNN
 from ._deepid import DeepID
 from ._io import load_keras_h5, load_model, load_weights, save_weights
@@ -18,6 +18,7 @@ __all__ = [
     "UnitMask",
     "build_net",
     "eval_mode",
+    "inference_copy",
     "load_keras_h5",
     "load_model",
     "load_weights",

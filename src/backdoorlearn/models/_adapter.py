@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -21,7 +22,7 @@ from .._utils import check_finite_array, module_device, resolve_device
 from ._structure import CONV_LAYERS, trace
 from ._training import wrap_module
 
-__all__ = ["ModelAdapter", "eval_mode", "model_fingerprint"]
+__all__ = ["ModelAdapter", "eval_mode", "inference_copy", "model_fingerprint"]
 
 _WHITE_BOX_NEEDS = (
     "a white-box model: a torch.nn.Module returning logits or a skorch "
@@ -56,6 +57,10 @@ def _model_kind(model, defense):
 def eval_mode(module):
     """Put ``module`` in eval mode for a block and restore every submodule's flag after.
 
+    A helper for the user's own code: it changes the module's flags in place
+    for the block, so defenses do not use it (they run on an
+    :func:`inference_copy`, which leaves the flags alone).
+
     Parameters
     ----------
     module : nn.Module
@@ -85,6 +90,69 @@ def eval_mode(module):
             m.training = flag
 
 
+def inference_copy(module):
+    """A copy of ``module`` in eval mode that shares its parameters and buffers.
+
+    Defenses run their forward passes on such a copy, so the user's module
+    keeps its train/eval flags even while a defense runs: a thread training
+    the same module meanwhile never sees eval mode. The copy is shallow: each
+    submodule is copied with its own ``training`` flag (False) and its own
+    hook dictionaries (hooks a defense registers on the copy never fire on
+    the user's module), while parameters and buffers are the user's tensors
+    (no memory is copied, and weights the user updates are seen). Batch
+    normalization uses its running statistics and dropout is off in the
+    copy's forward passes. A TorchScript module, whose flags live in C++
+    and cannot be copied this way, is copied deeply instead.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network; never modified.
+
+    Returns
+    -------
+    copy : nn.Module
+        The copy, with every submodule's ``training`` flag False.
+
+    Examples
+    --------
+    >>> from backdoorlearn.models import SmallCNN, inference_copy
+    >>> net = SmallCNN().train()
+    >>> view = inference_copy(net)
+    >>> view.training, net.training
+    (False, True)
+    >>> view.fc1.weight is net.fc1.weight
+    True
+    """
+    if isinstance(module, torch.jit.ScriptModule):
+        copied = _deepcopy(module)
+        copied.eval()
+        return copied
+    memo = {}
+
+    def _copy(m):
+        if m is None:
+            return None
+        if id(m) in memo:
+            return memo[id(m)]
+        if isinstance(m, torch.jit.ScriptModule):
+            new = _deepcopy(m)
+            new.eval()
+            memo[id(m)] = new
+            return new
+        new = copy.copy(m)
+        memo[id(m)] = new
+        # fresh containers (parameter, buffer, module and hook dicts), same tensors
+        for key, value in vars(m).items():
+            if isinstance(value, (dict, set)):
+                new.__dict__[key] = type(value)(value) if not isinstance(value, OrderedDict) else OrderedDict(value)
+        new.__dict__["training"] = False
+        new.__dict__["_modules"] = type(m._modules)((k, _copy(v)) for k, v in m._modules.items())
+        return new
+
+    return _copy(module)
+
+
 class ModelAdapter:
     """One interface to a classifier held as a module, a skorch net or an estimator.
 
@@ -96,9 +164,20 @@ class ModelAdapter:
     Parameters
     ----------
     model : torch.nn.Module, skorch.NeuralNetClassifier or estimator
-        A module must return logits. A skorch net must be initialized or
-        fitted. Any other object needs ``predict_proba`` (a black box: only
-        the black-box defenses accept it).
+        A module should return logits. One whose outputs are probabilities
+        (at its first forward pass through the adapter, every row
+        non-negative and summing to 1, e.g. a final ``nn.Softmax``) is
+        detected once, with a ``UserWarning``, and the logarithm of its
+        outputs is used as its logits: a softmax applied twice would flatten
+        every score the defenses compute. A copy a repair trains and returns
+        (:meth:`module_copy`) carries a forward hook taking that logarithm,
+        so the repaired net's cross-entropy and ``predict_proba`` stay
+        right. A skorch net must be initialized or fitted; one trained with
+        ``NLLLoss`` returns probabilities and is read the same way. Any other object needs ``predict_proba`` (a black box:
+        only the black-box defenses accept it). Outputs holding NaN or
+        infinity are refused with a ``ValueError``. Forward passes run on an
+        :func:`inference_copy`: the module's train/eval flags are never
+        changed, not even for the duration of a call.
     defense : str, default=None
         Name of the defense using the adapter, used in error messages.
     device : str, torch.device or None, default=None
@@ -139,6 +218,7 @@ class ModelAdapter:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         self._requested_device = device
         self._runtime = None
+        self._probabilities = None  # unknown until the first forward pass
 
     # ---------------------------------------------------------------- identity
     @property
@@ -190,20 +270,25 @@ class ModelAdapter:
 
     @property
     def runtime_module(self):
-        """The module that forward passes run on, on :attr:`device`.
+        """The module that forward passes run on: an eval-mode copy on :attr:`device`.
 
-        The user's module itself when it already lives there, otherwise a copy
-        made once (moving a module is in place and would change the user's).
+        An :func:`inference_copy` of the user's module (its parameters and
+        buffers, its train/eval flags untouched) when the module already
+        lives on :attr:`device`; otherwise a deep copy moved there (moving a
+        module is in place and would change the user's). Made once per
+        module: the same object is returned until the user's module is
+        replaced (a skorch net refitted).
         """
         module = self.module
-        target = torch.device(self.device)
-        if module_device(module).type == target.type and (
-            target.index is None or module_device(module) == target
-        ):
-            return module
-        if self._runtime is None:
-            self._runtime = copy.deepcopy(module).to(target)
-        return self._runtime
+        if self._runtime is None or self._runtime[0] is not module:
+            target = torch.device(self.device)
+            here = module_device(module)
+            if here.type == target.type and (target.index is None or here == target):
+                runtime = inference_copy(module)
+            else:
+                runtime = _deepcopy(module).to(target).eval()
+            self._runtime = (module, runtime)
+        return self._runtime[1]
 
     @property
     def outputs_probabilities(self):
@@ -223,9 +308,13 @@ class ModelAdapter:
     def forward_logits(self, xb):
         """Compute the logits of a tensor batch already on :attr:`device` (no grad handling).
 
-        For use inside defenses' own torch loops; the module must be in eval
-        mode (see :meth:`eval`). A skorch net trained with ``NLLLoss`` returns
-        probabilities; their logarithm is returned instead.
+        For use inside defenses' own torch loops; the forward pass runs on
+        :attr:`runtime_module`, in eval mode, whatever mode the user's module
+        is in. A skorch net trained with ``NLLLoss`` returns probabilities;
+        their logarithm is returned instead. So is that of a module whose
+        first batch through the adapter had rows all non-negative and summing
+        to 1 (probabilities, e.g. a final ``nn.Softmax``; detected once, with
+        a ``UserWarning``).
 
         Parameters
         ----------
@@ -238,19 +327,52 @@ class ModelAdapter:
             Attached to the graph when ``xb`` requires grad.
         """
         out = self.runtime_module(xb)
-        if self.outputs_probabilities:
-            out = torch.log(out.clamp_min(1e-12))
+        if self._probabilities is None:
+            self._probabilities = self._detect_probabilities(out)
+        if self.returns_probabilities:
+            return torch.log(out.clamp_min(1e-12))
         return out
 
+    @property
+    def returns_probabilities(self):
+        """Whether the module's outputs are read as probabilities (their log is used as logits).
+
+        True for a skorch net trained with ``NLLLoss`` and for a module whose
+        first forward pass through the adapter returned rows that are all
+        non-negative and sum to 1 (detected once, with a ``UserWarning``).
+        """
+        return self.outputs_probabilities or bool(self._probabilities)
+
+    def _detect_probabilities(self, out):
+        """Whether a module's first outputs are probabilities (non-negative rows summing to 1)."""
+        if self.kind == "sklearn" or self.outputs_probabilities:
+            return False
+        if not (isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] > 0 and out.shape[1] > 1):
+            return False
+        with torch.no_grad():
+            o = out.detach().float()
+            simplex = bool(torch.isfinite(o).all()) and bool((o >= 0).all()) and bool(
+                torch.allclose(o.sum(dim=1), torch.ones(len(o), device=o.device), atol=1e-4))
+        if simplex:
+            who = f" given to {self.defense}" if self.defense else ""
+            warnings.warn(
+                f"model{who} returns probabilities, not logits: its outputs are non-negative and sum to 1. "
+                "Their logarithm is used as the logits (a second softmax would flatten every score); "
+                "remove the final softmax to silence this warning.", UserWarning, stacklevel=4)
+        return simplex
+
     def eval(self):
-        """Put the runtime module in eval mode for a block, flags restored after.
+        """A context yielding :attr:`runtime_module`, already in eval mode.
+
+        Kept for the defenses' ``with adapter.eval():`` blocks; nothing is
+        switched, neither on the user's module nor on the copy.
 
         Returns
         -------
         context : contextmanager
-            See :func:`eval_mode`.
+            Yields the runtime module.
         """
-        return eval_mode(self.runtime_module)
+        return contextlib.nullcontext(self.runtime_module)
 
     def _run(self, X, fn, batch_size=None):
         self.require_white_box()
@@ -261,7 +383,18 @@ class ModelAdapter:
             for xb in self._batches(X, batch_size):
                 t = torch.from_numpy(np.ascontiguousarray(xb)).to(device)
                 outs.append(fn(t).float().cpu().numpy())
-        return np.concatenate(outs, axis=0)
+        return self._check_finite_outputs(np.concatenate(outs, axis=0))
+
+    def _check_finite_outputs(self, out):
+        """Raise a ``ValueError`` naming the model when its outputs hold NaN or infinity."""
+        if not np.isfinite(out).all():
+            who = f" given to {self.defense}" if self.defense else ""
+            n_bad = int((~np.isfinite(out)).reshape(len(out), -1).any(axis=1).sum())
+            raise NonFiniteOutputError(
+                f"model{who} must return finite outputs; it returned non-finite values (NaN or "
+                f"infinity) for {n_bad} of {len(out)} input(s) (check its weights and the inputs' scale)."
+            )
+        return out
 
     def logits(self, X, batch_size=None):
         """Compute logits for ``X`` as a numpy array (white box only).
@@ -300,7 +433,7 @@ class ModelAdapter:
             X = check_finite_array(X, name="X", caller=self.defense)
             bs = batch_size or self.batch_size
             parts = [np.asarray(self.model.predict_proba(xb)) for xb in self._batches(X, max(bs, 1024))]
-            return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+            return self._check_finite_outputs(np.concatenate(parts, axis=0).astype(np.float32, copy=False))
         return self._run(X, lambda t: torch.softmax(self.forward_logits(t), dim=1), batch_size)
 
     def predict(self, X, batch_size=None):
@@ -556,22 +689,38 @@ class ModelAdapter:
         adapter : ModelAdapter
             Same device and batch size, around the copy.
         """
-        return ModelAdapter(
+        adapter = ModelAdapter(
             _deepcopy(self.model),
             defense=self.defense,
             device=self._requested_device,
             batch_size=self.batch_size,
         )
+        adapter._probabilities = self._probabilities  # detected once, for the copies too
+        return adapter
 
     def module_copy(self):
         """Copy the torch module deeply, onto :attr:`device`.
+
+        A module read as returning probabilities (see
+        :attr:`returns_probabilities`) gets a forward hook that returns the
+        logarithm of its outputs: the copy returns logits, with the same
+        layers and ``state_dict``.
 
         Returns
         -------
         module : nn.Module
             The copy.
         """
-        return _deepcopy(self.module).to(torch.device(self.device))
+        module = _deepcopy(self.module).to(torch.device(self.device))
+        if self.returns_probabilities:
+            if isinstance(module, torch.jit.ScriptModule):
+                raise ValueError(
+                    f"model given to {self.defense or 'the adapter'} is a TorchScript module returning "
+                    "probabilities, which cannot be given a hook returning logits; script it without the "
+                    "final softmax."
+                )
+            module.register_forward_hook(LogOutputs())
+        return module
 
     def to_net(self, module=None, classes=None, **net_params):
         """Wrap ``module`` (default: a copy of this model's) into a fitted skorch net.
@@ -596,6 +745,25 @@ class ModelAdapter:
         if classes is None:
             raise ValueError("to_net needs classes= for a bare module.")
         return wrap_module(module, classes=classes, device=self.device, **net_params)
+
+
+class NonFiniteOutputError(ValueError, FloatingPointError):
+    """A model returned NaN or infinity: a ``ValueError`` (bad model) and a ``FloatingPointError``.
+
+    The second base keeps Neural Cleanse's contract, whose optimization
+    raises ``FloatingPointError`` on non-finite logits.
+    """
+
+
+class LogOutputs:
+    """A forward hook that turns a module's probability outputs into logits (their logarithm).
+
+    Picklable (a class, not a closure), so a repaired net holding it can be
+    saved with joblib or pickle.
+    """
+
+    def __call__(self, _module, _inputs, output):
+        return torch.log(output.clamp_min(1e-12))
 
 
 def _deepcopy(model):

@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABCMeta, abstractmethod
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils import check_images, check_labels
+from .._utils import check_images, check_label_value, check_labels
 from ..metrics import attack_success_rate, clean_accuracy
 from ..models import ModelAdapter
 from ..models._surgery import OutputMask, UnitMask, masked_units, zero_units
 
-__all__ = ["BaseRepair", "PruningSearch", "bisect_first"]
+__all__ = ["BaseRepair", "PruningSearch", "RepairWarning", "bisect_first"]
+
+
+class RepairWarning(UserWarning):
+    """A repair returned a model that failed its checks (diverged, or lost too much accuracy).
+
+    The repair still sets ``repaired_model_``, with ``repair_ok_ = False``
+    and the reasons in ``repair_problems_``: the model must not be used as
+    if the backdoor had been removed at no cost.
+
+    See Also
+    --------
+    backdoorlearn.repair.BaseRepair : The checks every repair runs.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from backdoorlearn import RepairWarning
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", RepairWarning)  # turn failed repairs into errors
+    ...     pass
+    """
 
 
 class BaseRepair(BaseEstimator, metaclass=ABCMeta):
@@ -30,6 +53,22 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
       ``adapter``'s model (never the model itself), set the repair's own
       fitted attributes and return the repaired network as a fitted skorch
       ``NeuralNetClassifier``.
+
+    Before the hook runs, :meth:`fit` refuses work it cannot do honestly:
+    fewer images than the model has classes (clean accuracy and fine-tuning
+    on so few mean nothing), target labels out of the model's range (the
+    keys of a ``triggers`` dict, a ``target_label``). After it, the repaired
+    model is checked: weights holding NaN or infinity (a diverged
+    fine-tuning) or a loss of clean accuracy on ``X`` larger than the
+    budget (the ``max_accuracy_drop`` parameter where the repair has one,
+    else 0.05) raise a :class:`RepairWarning` and set ``repair_ok_`` to
+    False, with the reasons in ``repair_problems_``; ``accuracy_before_``
+    and ``accuracy_repaired_`` hold the two accuracies.
+
+    A module returning probabilities instead of logits is read as such (see
+    :class:`~backdoorlearn.ModelAdapter`): the repaired copy carries a hook
+    returning their logarithm, so ``repaired_model_.predict_proba`` is
+    right.
 
     :meth:`predict`, :meth:`predict_proba` and :meth:`score` delegate to
     ``repaired_model_``. A repair needs ``batch_size`` and ``device``
@@ -100,9 +139,61 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
         if classes is None:
             classes = np.arange(n_classes)
         y = check_labels(y, n_samples=len(X), n_classes=n_classes, caller=name)
+        self._check_work(X, n_classes)
+        accuracy_before = clean_accuracy(y, adapter.predict(X))
         self.repaired_model_ = self._repair(adapter, X, y, classes, **fit_params)
         self.input_shape_ = tuple(X.shape[1:])
+        self._check_result(X, y, accuracy_before)
         return self
+
+    #: Clean accuracy a repair may lose on ``X`` when it has no ``max_accuracy_drop`` parameter.
+    _default_accuracy_budget = 0.05
+
+    def _check_work(self, X, n_classes):
+        """Refuse, before any work, what would make the repair meaningless."""
+        name = type(self).__name__
+        if len(X) < n_classes:
+            raise ValueError(
+                f"X in {name}.fit must hold at least one image per class of the model ({n_classes}) "
+                f"to measure clean accuracy and repair without erasing classes; got {len(X)} image(s)."
+            )
+        if "triggers" in self.get_params(deep=False):
+            from ..triggers import resolve_triggers
+
+            resolve_triggers(self.triggers, caller=name, image_shape=X.shape[1:], n_classes=n_classes)
+        target = self.get_params(deep=False).get("target_label")
+        if target is not None:
+            check_label_value(target, n_classes, name="target_label", caller=name)
+
+    def _check_result(self, X, y, accuracy_before):
+        """Check the repaired model; warn and set ``repair_ok_`` when it failed."""
+        name = type(self).__name__
+        problems = []
+        module = getattr(self.repaired_model_, "module_", None)
+        tensors = [] if module is None else [*module.parameters(), *module.buffers()]
+        finite = all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+        self.accuracy_before_ = float(accuracy_before)
+        if not finite:
+            problems.append("its weights hold NaN or infinity: the fine-tuning diverged (lower lr)")
+            self.accuracy_repaired_ = float("nan")
+        else:
+            # through the adapter, not skorch's predict, whose DataLoader draws from torch's global generator
+            repaired = ModelAdapter(self.repaired_model_, defense=name, batch_size=self.batch_size)
+            self.accuracy_repaired_ = float(clean_accuracy(y, repaired.predict(X)))
+            budget = float(self.get_params(deep=False).get("max_accuracy_drop", self._default_accuracy_budget))
+            lost = accuracy_before - self.accuracy_repaired_
+            if lost > budget + 1e-12:
+                problems.append(
+                    f"its clean accuracy on X fell from {accuracy_before:.3f} to "
+                    f"{self.accuracy_repaired_:.3f}, more than the budget of {budget:g}"
+                )
+        self.repair_problems_ = problems
+        self.repair_ok_ = not problems
+        if problems:
+            warnings.warn(
+                f"{name}: the repaired model failed its checks: {'; '.join(problems)}. It is kept in "
+                "repaired_model_ with repair_ok_=False; do not deploy it as repaired.",
+                RepairWarning, stacklevel=4)
 
     def _check_X(self, X):
         check_is_fitted(self, "repaired_model_")

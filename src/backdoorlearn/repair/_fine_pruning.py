@@ -160,6 +160,7 @@ class FinePruner(BaseRepair):
         Clean accuracy on ``X`` of the unpruned model.
     accuracy_pruned_ : float
         Clean accuracy on ``X`` after pruning, before fine-tuning.
+    {repair_checks}
     attack_success_pruned_ : float or None
         Attack success on the monitoring data after pruning, before
         fine-tuning (``None`` without monitoring data).

@@ -87,6 +87,7 @@ class NeuronPruner(BaseRepair):
         Clean accuracy on ``X`` before pruning.
     accuracy_pruned_ : float
         Clean accuracy on ``X`` after pruning.
+    {repair_checks}
     attack_success_pruned_ : float
         The triggers' (largest) attack success on the stamped ``X`` after pruning.
     input_shape_ : tuple of int

@@ -64,6 +64,9 @@ class Unlearner(BaseRepair):
         ``NeuralCleanse`` or a dict), else ``None``.
     stamped_mask_ : ndarray of shape (n_samples,), bool
         Rows of ``X`` that carried a trigger.
+    accuracy_before_ : float
+        Clean accuracy on ``X`` of the model before unlearning.
+    {repair_checks}
     input_shape_ : tuple of int
         ``(C, H, W)`` of the images seen at fit.
 
