@@ -115,7 +115,11 @@ class STRIPDetector(BaseDetector):
         Value range the blends are clipped to. ``"pool"``: the smallest and
         largest value in the fitted pool (``[0, 1]`` for images in [0, 1], the
         saturation that ``cv2.addWeighted`` applies to ``uint8`` images);
-        ``None``: no clipping.
+        ``None``: no clipping. The paper's code adds float images without
+        clipping (``None``); ``"pool"`` is the default because it accepted
+        fewer triggered inputs on the model zoo's development entries
+        overall (``benchmarks/bench_strip_clip.py``), though not on most of
+        its coloured signs models.
     {device}
     batch_size : int, default=1024
         Blended inputs per forward pass (bounds memory, not the result).
