@@ -73,14 +73,19 @@ def run_entry(spec, skip_pairs, skip_strip, out=None):
         out["paper_flagged_pairs"] = [ncp.pairs_[i].tolist() for i in paper_flags(ncp)]
         out["pair_l1_norms"] = ncp.l1_norms_.tolist()
     if not skip_strip and "strip_far" not in out:
-        strip = STRIPDetector(zm.model, random_state=0).fit(zm.X_defender)
-        out["strip_frr"] = false_rejection_rate(np.zeros(len(zm.X_test)), strip.predict(zm.X_test))
-        fars = []
-        for k in range(len(zm.truth.triggers)):
-            X_t, _ = zm.triggered_test(k)
-            fars.append(false_acceptance_rate(np.ones(len(X_t)), strip.predict(X_t)))
-        out["strip_far"] = fars
+        out["strip_frr"], out["strip_far"] = strip_rates(zm)
     return out
+
+
+def strip_rates(zm, **params):
+    """STRIP fitted on the defender's images: FRR on the clean test images, FAR of each trigger."""
+    strip = STRIPDetector(zm.model, random_state=0, **params).fit(zm.X_defender)
+    frr = false_rejection_rate(np.zeros(len(zm.X_test)), strip.predict(zm.X_test))
+    fars = []
+    for k in range(len(zm.truth.triggers)):
+        X_t, _ = zm.triggered_test(k)
+        fars.append(false_acceptance_rate(np.ones(len(X_t)), strip.predict(X_t)))
+    return frr, fars
 
 
 def _complete(entry, spec, skip_pairs, skip_strip):

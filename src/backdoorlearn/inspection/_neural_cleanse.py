@@ -518,7 +518,7 @@ class NeuralCleanse(BaseEstimator):
         else:
             self.decision_norm_thresholds_ = log_norm_thresholds(
                 np.maximum(est_norms, 1e-12), self.decision_threshold_,
-                groups=self.pairs_[:, 0] if self.pairs_ is not None else None)
+                groups=self._decision_groups())
         flagged = np.flatnonzero(self.fully_optimized_ & (self.decision_scores_ > self.decision_threshold_))
         flagged = flagged[np.argsort(-self.decision_scores_[flagged], kind="stable")]
         if self.pairs is not None:
@@ -535,8 +535,11 @@ class NeuralCleanse(BaseEstimator):
         if self.decision_rule == "mad":
             below = est_norms < self.median_l1_norm_
             return np.where(below, self.anomaly_indices_, -self.anomaly_indices_)
-        groups = self.pairs_[:, 0] if self.pairs_ is not None else None
-        return log_anomaly_scores(np.maximum(est_norms, 1e-12), groups=groups)
+        return log_anomaly_scores(np.maximum(est_norms, 1e-12), groups=self._decision_groups())
+
+    def _decision_groups(self):
+        """Which candidates the log-mad rule compares with each other: a pair with its source's pairs."""
+        return self.pairs_[:, 0] if self.pairs_ is not None else None
 
     def _candidates(self, n_classes):
         name = type(self).__name__
