@@ -164,8 +164,9 @@ def test_errors():
         BimodelClassifier(ten, SmallCNN(1, 10), reject_label=3).fit(X)
     with raises_naming("target_labels", match="got \\[12\\]"):
         BimodelClassifier(ten, SmallCNN(1, 10), target_labels=[0, 12]).fit(X)
-    with raises_naming("target_labels", match="at least one class"):
-        BimodelClassifier(ten, SmallCNN(1, 10), target_labels=[]).fit(X)
+    with pytest.warns(UserWarning, match="target_labels in BimodelClassifier is empty.*every input"):
+        empty = BimodelClassifier(ten, SmallCNN(1, 10), target_labels=[]).fit(X)
+    assert empty.target_labels_ is None and empty.cross_examine(X[:5]).asked.all()
     with pytest.raises(TypeError, match="BimodelClassifier needs a classifier"):
         BimodelClassifier(object(), ten).fit(X)
     with raises_naming("batch_size"):

@@ -40,6 +40,17 @@ triggers : Trigger, list of Trigger, dict or fitted NeuralCleanse
     unfitted copy of a ``NeuralCleanse``: pass the dict
     ``{k: nc.reversed_triggers_[k] for k in nc.flagged_labels_}`` to clone
     it.""",
+    "no_trigger": """\
+no_trigger : {"warn", "fine-prune", "raise"}, default="warn"
+    What to do when ``triggers`` is a fitted NeuralCleanse that flagged no
+    label (the model looked clean to it): ``"warn"`` returns an unchanged
+    copy of the model with a warning (``n_triggers_ = 0``), so a pipeline
+    run on a clean model leaves it as it is; ``"fine-prune"`` repairs with
+    :class:`~backdoorlearn.FinePruner` instead, the repair that needs no
+    trigger (with this repair's ``batch_size``, ``device`` and
+    ``random_state``; it is kept in ``fallback_``), for a user who wants a
+    backdoor the inspection missed removed anyway; ``"raise"`` is a
+    ``ValueError``.""",
     "repair_checks": """\
 accuracy_repaired_ : float
     Clean accuracy on ``X`` of the repaired model.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numbers
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Bunch
@@ -57,7 +59,11 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         The repaired model, fitted, with the same classes (e.g.
         ``FinePruner().fit(model, X, y).repaired_model_``).
     target_labels : array-like of labels or None, default=None
-        The labels an attack targets; ``None`` for untargeted mode.
+        The labels an attack targets (``nc.flagged_labels_`` of a fitted
+        :class:`~backdoorlearn.NeuralCleanse`); ``None`` for untargeted
+        mode. An empty list (a NeuralCleanse that flagged nothing) is
+        untargeted mode too, with a warning: with no known target, every
+        input is cross-examined rather than none.
     reject_label : int, str or None, default=None
         What :meth:`predict` returns for a rejected input. ``None`` gives the
         number of classes (the label after ``0 .. N-1``), or one more than the
@@ -204,10 +210,13 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
             return None
         targets = np.unique(np.asarray(self.target_labels).ravel())
         if targets.size == 0:
-            raise ValueError(
-                f"target_labels in {type(self).__name__} must name at least one class, or be "
-                "None for untargeted mode; got an empty list."
-            )
+            # what a NeuralCleanse that flagged nothing hands over: no known target, so no input
+            # may skip the second model (untargeted mode), rather than none being checked
+            warnings.warn(
+                f"target_labels in {type(self).__name__} is empty (a NeuralCleanse that flagged no "
+                "label?): every input is cross-examined, as with target_labels=None.",
+                UserWarning, stacklevel=3)
+            return None
         unknown = [t for t in targets.tolist() if not (_comparable(t, classes) and t in classes.tolist())]
         if unknown:
             raise ValueError(

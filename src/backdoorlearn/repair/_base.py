@@ -11,10 +11,15 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
+from sklearn.utils._param_validation import StrOptions
+
 from .._utils import check_images, check_label_value, check_labels
 from ..metrics import attack_success_rate, clean_accuracy
 from ..models import ModelAdapter
 from ..models._surgery import OutputMask, UnitMask, masked_units, zero_units
+
+#: The values of the ``no_trigger`` parameter of the trigger-fed repairs.
+NO_TRIGGER = StrOptions({"warn", "fine-prune", "raise"})
 
 __all__ = ["BaseRepair", "PruningSearch", "RepairWarning", "bisect_first"]
 
@@ -145,6 +150,36 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
         self.input_shape_ = tuple(X.shape[1:])
         self._check_result(X, y, accuracy_before)
         return self
+
+    def _resolve_or_fallback(self, adapter, X, y, classes):
+        """The ``(trigger, target)`` pairs, or the repaired net of the ``no_trigger`` rule when there are none.
+
+        Returns ``(pairs, None)`` when there are triggers, ``([], net)`` when
+        the NeuralCleanse given flagged nothing and ``no_trigger`` decided.
+        """
+        from ..triggers import resolve_triggers
+
+        name = type(self).__name__
+        pairs = resolve_triggers(self.triggers, caller=name, image_shape=X.shape[1:])
+        self.n_triggers_ = len(pairs)
+        self.fallback_ = None
+        if pairs:
+            return pairs, None
+        if self.no_trigger == "raise":
+            raise ValueError(f"triggers in {name}: the NeuralCleanse given flagged no label, so there is no "
+                             "trigger to repair against (no_trigger='raise').")
+        if self.no_trigger == "fine-prune":
+            from ._fine_pruning import FinePruner
+
+            warnings.warn(f"{name}: the NeuralCleanse given as triggers flagged no label; repairing with "
+                          "FinePruner, which needs no trigger (no_trigger='fine-prune').", UserWarning, stacklevel=5)
+            self.fallback_ = FinePruner(batch_size=self.batch_size, device=self.device,
+                                        random_state=getattr(self, "random_state", None))
+            return [], self.fallback_._repair(adapter, X, y, classes, monitor=(None, None, None))
+        warnings.warn(f"{name}: the NeuralCleanse given as triggers flagged no label; repaired_model_ is an "
+                      "unchanged copy of the model (no_trigger='fine-prune' repairs it without a trigger).",
+                      UserWarning, stacklevel=5)
+        return [], adapter.to_net(classes=classes)
 
     #: Clean accuracy a repair may lose on ``X`` when it has no ``max_accuracy_drop`` parameter.
     _default_accuracy_budget = 0.05

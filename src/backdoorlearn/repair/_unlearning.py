@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 from sklearn.utils import check_random_state
@@ -12,8 +11,7 @@ from sklearn.utils._param_validation import Interval
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, torch_seed
 from ..models._training import fine_tune
-from ..triggers import resolve_triggers
-from ._base import BaseRepair
+from ._base import NO_TRIGGER, BaseRepair
 
 __all__ = ["Unlearner"]
 
@@ -50,6 +48,7 @@ class Unlearner(BaseRepair):
     {train_batch_size}
     {batch_size}
     {device}
+    {no_trigger}
     {random_state}
     {verbose}
 
@@ -64,6 +63,10 @@ class Unlearner(BaseRepair):
         ``NeuralCleanse`` or a dict), else ``None``.
     stamped_mask_ : ndarray of shape (n_samples,), bool
         Rows of ``X`` that carried a trigger.
+    n_triggers_ : int
+        Number of triggers unlearned (0 when a NeuralCleanse flagged none).
+    fallback_ : FinePruner or None
+        The repair that ran instead, with ``no_trigger="fine-prune"``.
     accuracy_before_ : float
         Clean accuracy on ``X`` of the model before unlearning.
     {repair_checks}
@@ -112,13 +115,15 @@ class Unlearner(BaseRepair):
         "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": DEVICE_CONSTRAINT,
+        "no_trigger": [NO_TRIGGER],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     def __init__(self, triggers, stamp_fraction=0.2, fine_tune_epochs=20, lr=2e-3, train_batch_size=16,
-                 batch_size=256, device=None, random_state=None, verbose=0):
+                 batch_size=256, device=None, no_trigger="warn", random_state=None, verbose=0):
         self.triggers = triggers
+        self.no_trigger = no_trigger
         self.stamp_fraction = stamp_fraction
         self.fine_tune_epochs = fine_tune_epochs
         self.lr = lr
@@ -129,12 +134,11 @@ class Unlearner(BaseRepair):
         self.verbose = verbose
 
     def _repair(self, adapter, X, y, classes):
-        name = type(self).__name__
-        pairs = resolve_triggers(self.triggers, caller=name, image_shape=X.shape[1:])
-        if not pairs:
-            warnings.warn(
-                f"{name}: the NeuralCleanse given as triggers flagged no label; fine-tuning on the "
-                "clean data alone.", UserWarning, stacklevel=4)
+        pairs, fallback = self._resolve_or_fallback(adapter, X, y, classes)
+        if fallback is not None:
+            self.triggers_, self.target_labels_ = [], []
+            self.stamped_mask_ = np.zeros(len(X), dtype=bool)
+            return fallback
         rng = check_random_state(self.random_state)
 
         # §VI-C: the trigger on a fixed random 20% of the sample, labels unchanged.
