@@ -86,7 +86,7 @@ def test_errors(digits_bench):
     clean_nc = NeuralCleanse(steps=2, random_state=0, anomaly_threshold=1e9).fit(
         SmallCNN(1, 3), X, np.arange(20) % 3)
     with raises_naming("triggers", match="flagged no label"):
-        ActivationFilter(SmallCNN(1, 3), clean_nc).fit(X)
+        ActivationFilter(SmallCNN(1, 3), clean_nc, no_trigger="raise").fit(X)
     mlp = MLPClassifier(max_iter=5).fit(X.reshape(20, -1), np.arange(20) % 3)
     with pytest.raises(TypeError, match="white-box"):
         ActivationFilter(mlp, trig).fit(X)
