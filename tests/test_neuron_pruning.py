@@ -54,13 +54,38 @@ def test_neuron_pruning_target_digits(digits_bench):
 
 def test_curve_and_stop_rule(signs_bench):
     b = signs_bench
-    p = NeuronPruner({b.target_label: b.trigger}, attack_success_threshold=0.2).fit(
-        b.backdoored_model, b.X_holdout, b.y_holdout)
+    p = NeuronPruner({b.target_label: b.trigger}, layer="fc1", attack_success_threshold=0.2,
+                     max_accuracy_drop=1.0).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+    assert not p.budget_reached_
     c = p.pruning_curve_
     k = len(p.pruned_units_)
     assert c.attack_success[c.n_pruned == k][0] < 0.2
     assert np.all(c.attack_success[c.n_pruned < k] >= 0.2)
     assert p.accuracy_pruned_ == pytest.approx(c.clean_accuracy[c.n_pruned == k][0])
+
+
+def test_accuracy_budget_stops_the_pruning_and_says_so(signs_bench):
+    b = signs_bench
+    unbounded = NeuronPruner(b.trigger, layer="fc1", max_accuracy_drop=1.0).fit(
+        b.backdoored_model, b.X_holdout, b.y_holdout)
+    assert unbounded.accuracy_before_ - unbounded.accuracy_pruned_ > 0.05  # the trigger costs more than 5 points
+    with pytest.warns(UserWarning, match="max_accuracy_drop=0.05 .* stopped the pruning before the trigger"):
+        p = NeuronPruner(b.trigger, layer="fc1").fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+    assert p.budget_reached_ and p.repair_ok_
+    assert p.accuracy_before_ - p.accuracy_pruned_ <= 0.05
+    assert len(p.pruned_units_) < len(unbounded.pruned_units_)
+
+
+def test_layer_choice_tries_the_layers_nearest_the_head(signs_bench):
+    b = signs_bench
+    with pytest.warns(UserWarning):
+        p = NeuronPruner(b.trigger).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+    cand = p.layer_candidates_
+    assert cand.layer == ["fc1", "conv3", "conv2"] and p.layer_ in cand.layer
+    i = cand.layer.index(p.layer_)
+    # none disables the trigger within the budget here: the one leaving the least attack success is kept
+    assert not cand.disabled.any() and cand.attack_success[i] == cand.attack_success.min()
+    assert p.attack_success_pruned_ == cand.attack_success[i]
 
 
 def test_max_prune_ratio_warns(digits_bench):
@@ -101,7 +126,7 @@ def test_prunes_hidden_units_of_an_mlp():
 
     model = MLP((1, 8, 8), 3, hidden=(16, 8))
     before = model_fingerprint(model)
-    p = NeuronPruner(Trigger.patch((1, 8, 8), size=3), max_prune_ratio=0.5).fit(model, _X8, _Y8)
+    p = NeuronPruner(Trigger.patch((1, 8, 8), size=3), layer="fc2", max_prune_ratio=0.5).fit(model, _X8, _Y8)
     assert model_fingerprint(model) == before
     assert p.layer_ == "fc2" and p.activation_layer_ == "relu2"
     assert len(p.activation_gap_) == 8 and len(p.pruned_units_) >= 1
@@ -117,10 +142,15 @@ def test_default_layer_feeds_the_head():
 
     trigger = Trigger.patch((1, 8, 8), size=3)
     res = NeuronPruner(trigger, max_prune_ratio=0.5).fit(ResidualCNN(1, 3, widths=(4, 8)), _X8, _Y8)
-    assert res.layer_ == "layer2.conv2" and res.activation_layer_ == "layer2.relu2"
-    vgg = NeuronPruner(trigger, max_prune_ratio=0.5).fit(VGGStyleCNN(1, 3, stages=((4,), (8, 8)), hidden=16),
-                                                         _X8, _Y8)
-    assert vgg.layer_ == "classifier.0" and vgg.activation_layer_ == "classifier.1"
+    assert res.layer_candidates_.layer[0] == "layer2.conv2"
+    res = NeuronPruner(trigger, layer="layer2.conv2", max_prune_ratio=0.5).fit(ResidualCNN(1, 3, widths=(4, 8)),
+                                                                                _X8, _Y8)
+    assert res.activation_layer_ == "layer2.relu2"
+    vgg_net = VGGStyleCNN(1, 3, stages=((4,), (8, 8)), hidden=16)
+    vgg = NeuronPruner(trigger, max_prune_ratio=0.5).fit(vgg_net, _X8, _Y8)
+    assert vgg.layer_candidates_.layer[0] == "classifier.0"
+    vgg = NeuronPruner(trigger, layer="classifier.0", max_prune_ratio=0.5).fit(vgg_net, _X8, _Y8)
+    assert vgg.activation_layer_ == "classifier.1"
     with raises_naming("layer", match="must name a convolution or linear layer") as err:
         NeuronPruner(trigger, layer="layer2.relu2").fit(ResidualCNN(1, 3, widths=(4, 8)), _X8, _Y8)
     assert "Layers that qualify" in str(err.value) and "layer2.conv2" in str(err.value)
