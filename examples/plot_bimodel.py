@@ -18,7 +18,7 @@ each model.
 import matplotlib.pyplot as plt
 import numpy as np
 
-from backdoorlearn import BimodelClassifier, make_backdoor_benchmark
+from backdoorlearn import BimodelClassifier, NeuralCleanse, make_backdoor_benchmark
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 from backdoorlearn.repair import FinePruner
 
@@ -35,12 +35,16 @@ for name, model in (("backdoored", backdoored), ("fine-pruned", repaired)):
 # %%
 # Targeted and untargeted BBD
 # ---------------------------
-# In targeted mode (the target label is known, e.g. from Neural Cleanse) the
-# repaired model is only asked about inputs the backdoored one sends to the
-# target: a tenth of the clean traffic here. Untargeted mode asks it always,
-# and so rejects every clean input where the weaker repaired model errs.
+# In targeted mode the repaired model is only asked about inputs the
+# backdoored one sends to a suspected target: the labels a
+# :class:`~backdoorlearn.NeuralCleanse` fitted on the same clean images flags
+# (the defender does not know the true target), a tenth of the clean traffic
+# here. Untargeted mode asks it always, and so rejects every clean input
+# where the weaker repaired model errs.
+nc = NeuralCleanse(random_state=0).fit(backdoored, bench.X_holdout, bench.y_holdout)
+print("NeuralCleanse flagged", nc.flagged_labels_)
 results = {}
-for mode, targets in (("targeted", [bench.target_label]), ("untargeted", None)):
+for mode, targets in (("targeted", nc.flagged_labels_), ("untargeted", None)):
     bbd = BimodelClassifier(backdoored, repaired, target_labels=targets).fit(bench.X_holdout)
     clean = bbd.cross_examine(bench.X_test)  # predict, and say which inputs the repaired model saw
     pred_clean, asked = clean.y_pred, clean.asked.mean()

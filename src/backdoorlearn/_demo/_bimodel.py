@@ -5,13 +5,15 @@ import numpy as np
 from ..ensemble import BimodelClassifier
 from ..metrics import attack_success_rate, clean_accuracy, false_rejection_rate
 from ..repair import FinePruner
+from ._neural_cleanse import fitted_neural_cleanse
 
 
 def bimodel_rows(bench, *, verbose=0):
     pruner = FinePruner(random_state=0, verbose=verbose)
     repaired = pruner.fit(bench.backdoored_model, bench.X_holdout, bench.y_holdout).repaired_model_
+    nc = fitted_neural_cleanse(bench, verbose=verbose)  # targeted mode's targets: the labels it flags
     rows = []
-    for mode, targets in (("targeted", [bench.target_label]), ("untargeted", None)):
+    for mode, targets in (("targeted", nc.flagged_labels_), ("untargeted", None)):
         bbd = BimodelClassifier(bench.backdoored_model, repaired, target_labels=targets)
         bbd.fit(bench.X_holdout, bench.y_holdout)
         clean = bbd.cross_examine(bench.X_test)
