@@ -194,8 +194,10 @@ def test_samples_per_step_sets_the_schedule_cadence(digits_bench):
                                                                       b.y_holdout)
     longer = NeuralCleanse(samples_per_step=1000, **kw).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
     np.testing.assert_array_equal(one_pass.l1_norms_, same.l1_norms_)
-    # 32 mini-batches per step instead of 4: the masks moved further in two steps
-    assert (longer.l1_norms_ < one_pass.l1_norms_).all(), (longer.l1_norms_, one_pass.l1_norms_)
+    # 32 mini-batches per step instead of 4: the masks moved further in two steps, in total (a label
+    # whose mask has nearly settled can end a few hundredths either way, depending on the CPU's float order)
+    assert not np.array_equal(longer.l1_norms_, one_pass.l1_norms_)
+    assert longer.l1_norms_.sum() < one_pass.l1_norms_.sum() - 5, (longer.l1_norms_, one_pass.l1_norms_)
     with pytest.raises(ValueError, match="samples_per_step"):
         NeuralCleanse(samples_per_step=0).fit(b.backdoored_model, b.X_holdout)
 
