@@ -218,13 +218,11 @@ class ActivationFilter(BaseDetector):
         # on inputs the filter never saw; the final neurons use all of X.
         if len(X) < self.cv:
             raise ValueError(f"X in {name}.fit must hold at least cv={self.cv} images; got {len(X)}.")
-        final = self.neurons_
         folds = np.array_split(np.random.default_rng(0).permutation(len(X)), self.cv)
         scores = np.empty(len(X))
         for fold in folds:
-            self.neurons_ = self._choose(clean, gaps, np.setdiff1d(np.arange(len(X)), fold))
-            scores[fold] = self._scores_from(clean[fold])
-        self.neurons_ = final
+            neurons = self._choose(clean, gaps, np.setdiff1d(np.arange(len(X)), fold))
+            scores[fold] = self._scores_from(clean[fold], neurons)
         return scores
 
     def _choose(self, clean, gaps, rows):
@@ -238,10 +236,11 @@ class ActivationFilter(BaseDetector):
             neurons.append(np.argsort(-score, kind="stable")[: self.n_neurons_])
         return neurons
 
-    def _scores_from(self, act):
-        if not self.neurons_:  # nothing to watch: every score is 0, and the threshold 0 flags nothing
+    def _scores_from(self, act, neurons=None):
+        neurons = self.neurons_ if neurons is None else neurons
+        if not neurons:  # nothing to watch: every score is 0, and the threshold 0 flags nothing
             return np.zeros(len(act))
-        means = np.stack([act[:, idx].mean(axis=1) for idx in self.neurons_], axis=1)
+        means = np.stack([act[:, idx].mean(axis=1) for idx in neurons], axis=1)
         return -means.max(axis=1)
 
     def _score_samples(self, X):

@@ -193,7 +193,7 @@ class NeuronPruner(BaseRepair):
         name = type(self).__name__
         pairs, fallback = self._resolve_or_fallback(adapter, X, y, classes)
         if fallback is not None:
-            self._record_nothing(len(X))
+            self._record_nothing()
             return fallback
         work = adapter.copy()
         n_classes = len(classes)
@@ -244,7 +244,7 @@ class NeuronPruner(BaseRepair):
         self.target_labels_ = [int(t) for _, _, t in attack_sets]
         return net
 
-    def _record_nothing(self, n):
+    def _record_nothing(self):
         self.layer_ = self.activation_layer_ = None
         self.layer_candidates_ = None
         self.activation_gap_ = self.unit_order_ = self.pruned_units_ = np.array([], dtype=int)
