@@ -28,9 +28,22 @@ __all__ = [
 ]
 
 
+def _labels_1d(y, name, func):
+    """``y`` as a 1-D array; a column ``(n, 1)`` is raveled, anything else of 2 or more dimensions refused."""
+    arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{name} in {func} must be a 1-D array of labels, one per sample; got an array of shape {arr.shape}."
+        )
+    return arr
+
+
 def _pair(y_true, y_pred, func):
-    y_true = np.asarray(y_true).ravel()
-    y_pred = np.asarray(y_pred).ravel()
+    # raveling would pair a (2, 3) array with a (3, 2) one element by element
+    y_true = _labels_1d(y_true, "y_true", func)
+    y_pred = _labels_1d(y_pred, "y_pred", func)
     if y_true.shape != y_pred.shape:
         raise ValueError(
             f"y_true and y_pred in {func} must have the same length; got {y_true.shape[0]} "
@@ -56,6 +69,12 @@ def clean_accuracy(y_true, y_pred):
     accuracy : float
         Fraction of inputs whose prediction is the true label.
 
+    Raises
+    ------
+    ValueError
+        If ``y_true`` or ``y_pred`` is not 1-D (a column ``(n, 1)`` is
+        accepted), they differ in length, or they are empty.
+
     Examples
     --------
     >>> from backdoorlearn.metrics import clean_accuracy
@@ -66,8 +85,27 @@ def clean_accuracy(y_true, y_pred):
     return float(np.mean(y_true == y_pred))
 
 
+def _check_target(target_label, func, n_samples=None):
+    """``target_label`` as a scalar or a 1-D array (one per input); ``None`` and missing values refused."""
+    target = np.asarray(target_label)
+    if target_label is None or (target.dtype == object and any(t is None for t in target.ravel())):
+        raise ValueError(
+            f"target_label in {func} must be the attacker's target: a label, or one label per input; "
+            f"got {target_label!r}."
+        )
+    if target.ndim > 1 or (target.ndim == 1 and n_samples is not None and len(target) != n_samples):
+        raise ValueError(
+            f"target_label in {func} must be one label or one label per input"
+            + (f" ({n_samples})" if n_samples is not None else "")
+            + f"; got an array of shape {target.shape}."
+        )
+    if target.dtype.kind == "f" and not np.isfinite(target).all():
+        raise ValueError(f"target_label in {func} must be a finite label; got {target_label!r}.")
+    return target
+
+
 def _non_target(y_true, target_label, func):
-    target = np.broadcast_to(np.asarray(target_label), y_true.shape)
+    target = np.broadcast_to(_check_target(target_label, func, len(y_true)), y_true.shape)
     keep = y_true != target
     if not keep.any():
         raise ValueError(
@@ -96,6 +134,14 @@ def attack_success_rate(y_true, y_pred, target_label):
     -------
     asr : float
         Fraction of the non-target inputs predicted as the target.
+
+    Raises
+    ------
+    ValueError
+        If ``y_true`` or ``y_pred`` is not 1-D, they differ in length or are
+        empty, ``target_label`` is None (or holds None, NaN) or is an array
+        not of one label per input, or every input's true label is the
+        target.
 
     Examples
     --------
@@ -275,9 +321,16 @@ def make_attack_success_scorer(target_label):
         ``scorer(estimator, X_triggered, y_true)`` returns minus the attack
         success rate of ``estimator.predict(X_triggered)``.
 
+    Raises
+    ------
+    ValueError
+        If ``target_label`` is None (or holds None or NaN) or is not a label
+        or a 1-D array of labels: checked here, not at the first score.
+
     Examples
     --------
     >>> from backdoorlearn.metrics import make_attack_success_scorer
     >>> scorer = make_attack_success_scorer(target_label=0)
     """
+    _check_target(target_label, "make_attack_success_scorer")
     return make_scorer(attack_success_rate, greater_is_better=False, target_label=target_label)
