@@ -160,7 +160,7 @@ def test_errors():
     ten, five = SmallCNN(1, 10), SmallCNN(1, 5)
     with raises_naming("repaired_model", match="same classes.*10 classes.*5"):
         BimodelClassifier(ten, five).fit(X)
-    with raises_naming("reject_label", match="reject_label=3.*one of the models' classes"):
+    with raises_naming("reject_label", match="reject_label=3.*one of the model's classes"):
         BimodelClassifier(ten, SmallCNN(1, 10), reject_label=3).fit(X)
     with raises_naming("target_labels", match="got \\[12\\]"):
         BimodelClassifier(ten, SmallCNN(1, 10), target_labels=[0, 12]).fit(X)

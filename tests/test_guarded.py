@@ -67,9 +67,10 @@ def test_custom_reject_label_and_conflict(digits_bench):
     det = STRIPDetector(b.backdoored_model, n_perturbations=5, threshold=2.0)  # flags everything
     guard = GuardedClassifier(b.backdoored_model, det, reject_label=-1).fit(b.X_holdout)
     assert set(guard.predict(b.X_test[:5])) == {-1}
-    guard = GuardedClassifier(b.backdoored_model, det, reject_label="rejected").fit(b.X_holdout)
-    assert guard.predict(b.X_test[:3]).tolist() == ["rejected"] * 3
-    with raises_naming("reject_label", match="must not be one of the model's classes; got 3"):
+    # a string among integer classes would make classes_ and every prediction strings (issue 14)
+    with raises_naming("reject_label", TypeError, match="must be a number"):
+        GuardedClassifier(b.backdoored_model, det, reject_label="rejected").fit(b.X_holdout)
+    with raises_naming("reject_label", match="reject_label=3.*one of the model's classes"):
         GuardedClassifier(b.backdoored_model, det, reject_label=3).fit(b.X_holdout)
 
 

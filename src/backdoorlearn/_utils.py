@@ -19,9 +19,12 @@ from sklearn.utils import check_random_state
 __all__ = [
     "DEVICE_CONSTRAINT",
     "check_images",
+    "as_tensor",
     "check_finite_array",
+    "check_module_dtype",
     "check_label_value",
     "check_labels",
+    "check_reject_label",
     "PrefitModelsMixin",
     "module_device",
     "resolve_device",
@@ -40,16 +43,27 @@ def check_finite_array(X, *, name="X", caller=None, dtype=np.float32, min_sample
     """Convert ``X`` to a numeric array with at least one row and no NaN/inf.
 
     Used by black-box defenses, which accept any shape the model accepts.
+    A read-only ``X`` is copied (torch warns at the user for one); the
+    caller must not write into the result.
     """
     where = f" in {caller}" if caller else ""
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    if hasattr(X, "tocsr") or hasattr(X, "sparse"):
+        raise TypeError(
+            f"{name}{where} must be a dense numeric array: sparse input is not supported; got "
+            f"{type(X).__name__} (call .toarray())."
+        )
     try:
-        arr = np.asarray(X, dtype=dtype)
+        raw = np.asarray(X)
+        complex_data = raw.dtype.kind == "c"
+        arr = None if complex_data else np.asarray(raw, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"{name}{where} must be a numeric array; got {type(X).__name__}."
         ) from exc
+    if complex_data:
+        raise ValueError(f"{name}{where} must hold real numbers: Complex data not supported.")
     if arr.ndim < 1:
         raise ValueError(f"{name}{where} must have a sample axis; got a scalar.")
     if arr.shape[0] < min_samples:
@@ -57,11 +71,19 @@ def check_finite_array(X, *, name="X", caller=None, dtype=np.float32, min_sample
             f"{name}{where} must contain at least {min_samples} sample(s); "
             f"got an array of shape {arr.shape}."
         )
+    if arr.ndim > 1 and 0 in arr.shape[1:]:
+        raise ValueError(
+            f"{name}{where} must have samples of at least one value; got 0 feature(s) (shape={arr.shape}) while a "
+            "minimum of 1 is required."
+        )
     if not np.isfinite(arr).all():
         n_bad = int((~np.isfinite(arr)).sum())
         raise ValueError(
             f"{name}{where} must not contain NaN or infinity; found {n_bad} such value(s)."
         )
+    if not arr.flags.writeable:
+        # torch (and skorch's datasets through it) warn at the user for a read-only array
+        arr = arr.copy()
     return arr
 
 
@@ -169,6 +191,32 @@ def check_label_value(label, n_classes, *, name, caller=None):
     return int(label)
 
 
+def check_reject_label(reject_label, classes, *, caller):
+    """Check a rejection label against the classes: the same kind (number or string), not one of them.
+
+    A string next to integer classes would turn ``classes_`` and every
+    prediction into strings (``np.asarray([0, 1, "rejected"])``); a number next
+    to string classes the other way round.
+    """
+    classes = np.asarray(classes)
+    numeric = bool(np.issubdtype(classes.dtype, np.number)) and classes.dtype != bool
+    is_num = isinstance(reject_label, numbers.Number) and not isinstance(reject_label, (bool, np.bool_))
+    is_str = isinstance(reject_label, str)
+    if (numeric and not is_num) or (not numeric and not is_str):
+        want = "a number, as the classes are" if numeric else "a string, as the classes are"
+        raise TypeError(
+            f"reject_label in {caller} must be {want} ({classes.dtype}, {classes.tolist()[:5]}...); got "
+            f"{_describe(reject_label)}. A label of another type would change the type of classes_ and of "
+            "every prediction."
+        )
+    if reject_label in classes.tolist():
+        raise ValueError(
+            f"reject_label={reject_label!r} in {caller} is one of the model's classes {classes.tolist()}; a "
+            "rejection must not look like an answer. Pick a label outside the classes, or leave it None."
+        )
+    return reject_label
+
+
 #: The ``_parameter_constraints`` entry of every ``device`` parameter.
 DEVICE_CONSTRAINT = [str, torch.device, None]
 
@@ -182,12 +230,13 @@ def module_device(module):
     return torch.device("cpu")
 
 
-def resolve_device(device, module=None):
+def resolve_device(device, module=None, *, caller=None):
     """The device a run uses, as a string.
 
     ``None`` is where ``module`` lives (a torch module instance), else the
     CPU; ``"auto"`` is CUDA when available, else the CPU; any other value is
-    checked and returned.
+    checked (a torch device type that is available here: ``"tpu"`` is not a
+    torch device, ``"mps"`` needs Apple's backend) and returned.
     """
     if isinstance(device, torch.device):
         device = str(device)
@@ -195,11 +244,50 @@ def resolve_device(device, module=None):
         return str(module_device(module)) if isinstance(module, torch.nn.Module) else "cpu"
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    where = f" in {caller}" if caller else ""
     if not isinstance(device, str):
-        raise TypeError(f"device must be 'cpu', 'cuda', 'auto' or a torch device; got {device!r}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available here.")
+        raise TypeError(f"device{where} must be 'cpu', 'cuda', 'auto' or a torch device; got {_describe(device)}.")
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"device{where} must be 'cpu', 'cuda', 'cuda:N', 'auto' or another torch device type; got {device!r}."
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}{where} was requested but CUDA is not available here; use 'cpu' or 'auto'.")
+    if kind not in ("cpu", "cuda"):
+        backend = getattr(torch.backends, kind, None) or getattr(torch, kind, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ValueError(
+                f"device={device!r}{where} was requested but torch has no {kind} device here; use 'cpu' or 'auto'."
+            )
     return device
+
+
+def as_tensor(X):
+    """``torch.from_numpy`` of a C-contiguous copy where ``X`` is read-only.
+
+    torch warns at the user for a non-writable array (its tensors are always
+    writable); the user's array is never written either way.
+    """
+    arr = np.ascontiguousarray(X)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
+def check_module_dtype(module, *, name="model", caller=None):
+    """Refuse a module whose floating-point parameters are not float32 (inputs are float32)."""
+    where = f" given to {caller}" if caller else ""
+    dtypes = {t.dtype for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()}
+    other = sorted(str(d).replace("torch.", "") for d in dtypes if d != torch.float32)
+    if other:
+        raise TypeError(
+            f"{name}{where} must have float32 parameters, as the images are float32; got {', '.join(other)} "
+            f"parameters (call {name}.float() first)."
+        )
+    return module
 
 
 def torch_seed(random_state):

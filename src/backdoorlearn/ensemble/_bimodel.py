@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from .._docstring import fill_doc
-from .._utils import DEVICE_CONSTRAINT, PrefitModelsMixin, check_finite_array
+from .._utils import DEVICE_CONSTRAINT, PrefitModelsMixin, check_finite_array, check_reject_label
 from ..models import ModelAdapter
 
 __all__ = ["BimodelClassifier"]
@@ -68,7 +68,10 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         What :meth:`predict` returns for a rejected input. ``None`` gives the
         number of classes (the label after ``0 .. N-1``), or one more than the
         largest class when that number is already a class, or ``"rejected"``
-        for string classes. It must not be one of the classes.
+        for string classes. It must not be one of the classes, and must be
+        of their kind: a number for numeric classes, a string for string
+        classes (a string among integer classes would turn ``classes_`` and
+        every prediction into strings).
     {batch_size}
     {device}
 
@@ -81,6 +84,9 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
     target_labels_ : list or None
         The target labels, checked against ``classes_`` and sorted
         (``None`` in untargeted mode).
+    input_shape_ : tuple of int
+        The shape of one input seen at :meth:`fit`; :meth:`predict` and
+        :meth:`cross_examine` refuse others.
 
     See Also
     --------
@@ -90,6 +96,10 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
 
     Notes
     -----
+    :meth:`predict` and :meth:`cross_examine` change no attribute of the
+    estimator, so concurrent calls are safe; the share of inputs shown to the
+    repaired model is ``cross_examine(X).asked.mean()``, computed per call.
+
     ``score`` is plain accuracy: a rejected input counts as wrong. To credit
     the rejection of a triggered input, map ``reject_label_`` to the true
     label before calling :func:`backdoorlearn.metrics.clean_accuracy` on the
@@ -162,6 +172,15 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         -------
         self : BimodelClassifier
             The fitted classifier.
+
+        Raises
+        ------
+        TypeError
+            If ``reject_label`` is not of the classes' kind (a number for
+            numeric classes, a string for string classes).
+        ValueError
+            If the two models' classes differ, ``reject_label`` is one of the
+            classes, or ``target_labels`` names a label that is not a class.
         """
         self._validate_params()
         caller = type(self).__name__
@@ -184,6 +203,7 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
                 f"same order; got {first.tolist()} and {second.tolist()}."
             )
         self.classes_ = first
+        self.input_shape_ = tuple(X.shape[1:])
         self.reject_label_ = self._resolve_reject_label(first)
         self.target_labels_ = self._resolve_targets(first)
         return self
@@ -197,13 +217,7 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
             if label in classes:
                 label = int(np.max(classes)) + 1
             return label
-        if _comparable(self.reject_label, classes) and self.reject_label in classes.tolist():
-            raise ValueError(
-                f"reject_label={self.reject_label!r} in {caller} is one of the models' classes "
-                f"{classes.tolist()}; a rejection must not look like an answer. Pick a label "
-                "outside the classes, or leave it None."
-            )
-        return self.reject_label
+        return check_reject_label(self.reject_label, classes, caller=caller)
 
     def _resolve_targets(self, classes):
         if self.target_labels is None:
@@ -245,6 +259,12 @@ class BimodelClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "classes_")
         X = check_finite_array(X, name="X", caller=type(self).__name__)
+        if tuple(X.shape[1:]) != self.input_shape_:
+            # a model with adaptive pooling would answer for any image size
+            raise ValueError(
+                f"X in {type(self).__name__} must have samples of shape {self.input_shape_}, as at fit; "
+                f"got {tuple(X.shape[1:])}."
+            )
         first, second = self._adapters()
         pred1 = self.classes_[self._argmax(first, X)]
         if self.target_labels_ is None:

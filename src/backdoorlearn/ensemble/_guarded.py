@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils import PrefitModelsMixin
+from .._utils import PrefitModelsMixin, check_reject_label
 from ..models import ModelAdapter
 
 __all__ = ["GuardedClassifier"]
@@ -57,8 +57,11 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         STRIPDetector(None))``.
     reject_label : int or str, default=None
         Label answered for flagged inputs. ``None``: the number of classes
-        (the "N+1"-th label, after ``0..N-1``); it must then be integers
-        classes. It must not be one of the model's classes.
+        (the "N+1"-th label, after ``0..N-1``); the classes must then be
+        integers. It must not be one of the model's classes, and must be of
+        their kind: a number for numeric classes, a string for string
+        classes (a string among integer classes would turn ``classes_`` and
+        every prediction into strings).
 
     Attributes
     ----------
@@ -135,6 +138,15 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
         -------
         self : object
             The fitted classifier.
+
+        Raises
+        ------
+        TypeError
+            If ``reject_label`` is not of the classes' kind (a number for
+            numeric classes, a string for string classes).
+        ValueError
+            If ``reject_label`` is one of the classes, or is None for classes
+            that are not integers.
         """
         self._validate_params()
         if _is_fitted(self.model):
@@ -160,11 +172,7 @@ class GuardedClassifier(PrefitModelsMixin, ClassifierMixin, BaseEstimator):
                     f"integers; got classes of dtype {np.asarray(classes).dtype}."
                 )
             reject = self.n_classes_
-        if reject in list(np.asarray(classes).tolist()):
-            raise ValueError(
-                f"reject_label in GuardedClassifier must not be one of the model's classes; "
-                f"got {reject!r}, which the model predicts."
-            )
+        check_reject_label(reject, classes, caller="GuardedClassifier")
         self.reject_label_ = reject
         self.classes_ = np.asarray(list(np.asarray(classes).tolist()) + [reject])
 
