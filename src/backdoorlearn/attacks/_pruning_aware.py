@@ -232,6 +232,8 @@ class PruningAwareAttack(BaseEstimator):
 
         self.clean_model_ = clean
         self.backdoored_model_ = net
+        if hasattr(net, "_images"):  # an ImageClassifierNet: takes what fit took, refuses other sizes
+            net.input_shape_ = tuple(X.shape[1:])
         self.layer_ = layer
         self.pruned_units_ = pruned
         self.poisoner_ = poisoner

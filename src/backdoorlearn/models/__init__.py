@@ -5,11 +5,12 @@ from ._architectures import MLP, ResidualCNN, VGGStyleCNN
 from ._deepid import DeepID
 from ._io import load_keras_h5, load_model, load_weights, save_weights
 from ._surgery import UnitMask
-from ._training import build_net, train_classifier, wrap_module
+from ._training import ImageClassifierNet, build_net, train_classifier, wrap_module
 from ._zoo import SmallCNN
 
 __all__ = [
     "DeepID",
+    "ImageClassifierNet",
     "MLP",
     "ResidualCNN",
     "VGGStyleCNN",

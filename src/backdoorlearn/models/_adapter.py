@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import numbers
 import warnings
 from collections import OrderedDict
 
@@ -18,7 +19,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from .._utils import check_finite_array, module_device, resolve_device
+from .._utils import as_tensor, check_finite_array, check_module_dtype, module_device, resolve_device
 from ._structure import CONV_LAYERS, trace
 from ._training import wrap_module
 
@@ -213,9 +214,13 @@ class ModelAdapter:
         self.kind = _model_kind(model, defense)
         self.model = model
         self.defense = defense
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) \
+                or batch_size < 1:
+            where = f" in {defense}" if defense else ""
+            raise ValueError(f"batch_size{where} must be a positive integer; got {batch_size!r}.")
         self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        if device is not None:
+            resolve_device(device, caller=defense)  # an unknown or absent device fails here, not in torch
         self._requested_device = device
         self._runtime = None
         self._probabilities = None  # unknown until the first forward pass
@@ -261,9 +266,9 @@ class ModelAdapter:
     def device(self):
         """The device tensor work runs on."""
         if self._requested_device is not None:
-            return resolve_device(self._requested_device)
+            return resolve_device(self._requested_device, caller=self.defense)
         if self.kind == "skorch":
-            return resolve_device(getattr(self.model, "device", "cpu") or "cpu")
+            return resolve_device(getattr(self.model, "device", "cpu") or "cpu", caller=self.defense)
         if self.kind == "torch":
             return str(module_device(self.model))
         return "cpu"
@@ -281,6 +286,7 @@ class ModelAdapter:
         """
         module = self.module
         if self._runtime is None or self._runtime[0] is not module:
+            check_module_dtype(module, name="model", caller=self.defense)
             target = torch.device(self.device)
             here = module_device(module)
             if here.type == target.type and (target.index is None or here == target):
@@ -326,12 +332,37 @@ class ModelAdapter:
         logits : torch.Tensor of shape (n, n_classes)
             Attached to the graph when ``xb`` requires grad.
         """
-        out = self.runtime_module(xb)
+        if xb.ndim == 3:  # (n, H, W) is grayscale, one channel: the library's one rule
+            xb = xb.unsqueeze(1)
+        try:
+            out = self.runtime_module(xb)
+        except RuntimeError as exc:
+            raise self._explain(xb, exc) from exc
         if self._probabilities is None:
             self._probabilities = self._detect_probabilities(out)
         if self.returns_probabilities:
             return torch.log(out.clamp_min(1e-12))
         return out
+
+    def _explain(self, xb, exc):
+        """A ``ValueError`` naming ``X`` and what the module expects, for a forward pass torch refused."""
+        who = f" in {self.defense}" if self.defense else ""
+        shape = tuple(xb.shape)
+        first = next((m for m in self.runtime_module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        if isinstance(first, nn.Conv2d) and len(shape) == 4 and shape[1] != first.in_channels:
+            return ModelInputError(
+                f"X{who} must have {first.in_channels} channel(s) on axis 1, as the model's first convolution "
+                f"takes; got {shape[1]} (images of shape {shape[1:]})."
+            )
+        if isinstance(first, nn.Linear) and len(shape) >= 2 and int(np.prod(shape[1:])) != first.in_features \
+                and shape[-1] != first.in_features:
+            return ModelInputError(
+                f"X{who} must hold inputs of {first.in_features} values, as the model's first linear layer "
+                f"takes; got inputs of shape {shape[1:]} ({int(np.prod(shape[1:]))} values)."
+            )
+        return ModelInputError(
+            f"model{who} could not run on X of shape {shape} ({xb.dtype}, on {xb.device}): {exc}"
+        )
 
     @property
     def returns_probabilities(self):
@@ -381,9 +412,20 @@ class ModelAdapter:
         outs = []
         with self.eval(), torch.no_grad():
             for xb in self._batches(X, batch_size):
-                t = torch.from_numpy(np.ascontiguousarray(xb)).to(device)
+                t = as_tensor(xb).to(device)
                 outs.append(fn(t).float().cpu().numpy())
-        return self._check_finite_outputs(np.concatenate(outs, axis=0))
+        return self._check_width(self._check_finite_outputs(np.concatenate(outs, axis=0)))
+
+    def _check_width(self, out):
+        """Refuse outputs whose count differs from the classes the model declares (``classes_``)."""
+        classes = self.classes_
+        if classes is not None and out.ndim == 2 and out.shape[1] != len(classes):
+            who = f" given to {self.defense}" if self.defense else ""
+            raise ValueError(
+                f"model{who} declares {len(classes)} classes (classes_) but returns {out.shape[1]} outputs; "
+                "its classes must be one label per output."
+            )
+        return out
 
     def _check_finite_outputs(self, out):
         """Raise a ``ValueError`` naming the model when its outputs hold NaN or infinity."""
@@ -433,7 +475,8 @@ class ModelAdapter:
             X = check_finite_array(X, name="X", caller=self.defense)
             bs = batch_size or self.batch_size
             parts = [np.asarray(self.model.predict_proba(xb)) for xb in self._batches(X, max(bs, 1024))]
-            return self._check_finite_outputs(np.concatenate(parts, axis=0).astype(np.float32, copy=False))
+            return self._check_width(
+                self._check_finite_outputs(np.concatenate(parts, axis=0).astype(np.float32, copy=False)))
         return self._run(X, lambda t: torch.softmax(self.forward_logits(t), dim=1), batch_size)
 
     def predict(self, X, batch_size=None):
@@ -558,8 +601,10 @@ class ModelAdapter:
             raise ValueError(f"{self.defense or 'The adapter'} cannot trace a TorchScript module (no forward "
                              "hooks); pass layer= or give the architecture as code.")
         X = check_finite_array(np.asarray(X_sample)[:1], name="X", caller=self.defense)
+        if X.ndim == 3:  # (n, H, W): one channel, as in forward_logits
+            X = X[:, None]
         with self.eval():
-            return trace(self.runtime_module, torch.from_numpy(np.ascontiguousarray(X)).to(self.device))
+            return trace(self.runtime_module, as_tensor(X).to(self.device))
 
     def _need_sample(self, X_sample, what):
         if X_sample is None:
@@ -745,6 +790,14 @@ class ModelAdapter:
         if classes is None:
             raise ValueError("to_net needs classes= for a bare module.")
         return wrap_module(module, classes=classes, device=self.device, **net_params)
+
+
+class ModelInputError(ValueError, RuntimeError):
+    """A forward pass torch refused, explained: a ``ValueError`` (bad input) and a ``RuntimeError``.
+
+    The second base keeps working the code that caught torch's own
+    ``RuntimeError`` around a forward pass.
+    """
 
 
 class NonFiniteOutputError(ValueError, FloatingPointError):

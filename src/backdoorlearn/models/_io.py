@@ -88,7 +88,9 @@ def load_weights(module, path, *, device="cpu", strict=True):
     device : str, default="cpu"
         Where the tensors are mapped.
     strict : bool, default=True
-        Passed to ``load_state_dict``: every key must match.
+        Passed to ``load_state_dict``: every key must match. With
+        ``False``, the keys that match are loaded; a file of which no key
+        matches is refused (it would load nothing).
 
     Returns
     -------
@@ -100,7 +102,8 @@ def load_weights(module, path, *, device="cpu", strict=True):
     TypeError
         If ``module`` is not a ``torch.nn.Module``.
     ValueError
-        If the file does not hold a state dict.
+        If the file does not hold a state dict, or with ``strict=False``
+        holds none of the module's keys.
 
     See Also
     --------
@@ -121,6 +124,15 @@ def load_weights(module, path, *, device="cpu", strict=True):
     state = torch.load(os.fspath(path), map_location=device, weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict; got {type(state).__name__}.")
+    if not strict:
+        # a file of another architecture (or with prefixed keys) would load nothing, silently
+        expected = set(module.state_dict())
+        if expected and not expected & set(state):
+            raise ValueError(
+                f"{path} holds no weight of this {type(module).__name__} (strict=False loads the keys that "
+                f"match, and none does): the module has {sorted(expected)[:3]}..., the file "
+                f"{sorted(map(str, state))[:3]}...; is it another architecture, or are its keys prefixed?"
+            )
     module.load_state_dict(state, strict=strict)
     return module
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
 from torch import nn
 
 from .._utils import resolve_device, seeded, torch_seed
 from ._zoo import SmallCNN
 
-__all__ = ["EpochProgressBar", "ShiftOrNoise", "build_net", "fine_tune", "train_classifier", "wrap_module"]
+__all__ = ["EpochProgressBar", "ImageClassifierNet", "ShiftOrNoise", "build_net", "fine_tune", "train_classifier", "wrap_module"]
 
 
 class EpochProgressBar(Callback):
@@ -96,6 +97,134 @@ class EpochProgressBar(Callback):
         return state
 
 
+class ImageClassifierNet(NeuralNetClassifier):
+    """A skorch ``NeuralNetClassifier`` that takes images as every defense does.
+
+    The nets backdoorlearn builds, wraps and returns (``repaired_model_``,
+    ``model_``) are of this class, so they accept what the defense that made
+    them accepted:
+
+    - float64 arrays (scikit-learn's ``load_digits().images / 16``) are cast
+      to float32, the parameters' type;
+    - ``(n, H, W)`` arrays are grayscale images with one channel,
+      ``(n, 1, H, W)``;
+    - where ``input_shape_`` is set (a repair sets the shape of one image it
+      saw), other image shapes are refused with a ``ValueError`` naming
+      ``X``: a model with adaptive pooling would answer for any size;
+    - with ``classes`` given, :meth:`predict` returns those labels (not the
+      indices of the outputs), and a module returning another number of
+      outputs than there are classes is refused.
+
+    Parameters
+    ----------
+    module : nn.Module instance or class
+        The network, as for skorch.
+    *args : tuple
+        Further positional arguments of ``skorch.NeuralNetClassifier``.
+    criterion : torch criterion class, default=nn.CrossEntropyLoss
+        The loss, as for skorch (cross-entropy on logits).
+    train_split : callable or None, default=None
+        The validation split of skorch; none by default, as
+        :func:`build_net` uses.
+    classes : array-like or None, default=None
+        The class labels, one per output of the module.
+    **kwargs : dict
+        Further arguments of ``skorch.NeuralNetClassifier``.
+
+    See Also
+    --------
+    build_net : Builds the nets of this class the way backdoorlearn trains.
+    wrap_module : Wraps a trained module into one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from backdoorlearn.models import SmallCNN, wrap_module
+    >>> net = wrap_module(SmallCNN(1, 3), classes=["cat", "dog", "owl"])
+    >>> net.predict(np.zeros((2, 8, 8))).dtype.kind  # float64 (n, H, W) in, class names out
+    'U'
+    """
+
+    def __init__(self, module, *args, criterion=nn.CrossEntropyLoss, train_split=None, classes=None, **kwargs):
+        super().__init__(module, *args, criterion=criterion, train_split=train_split, classes=classes, **kwargs)
+
+    def get_dataset(self, X, y=None):
+        """Wrap ``X`` (float32, a channel axis for ``(n, H, W)``) and ``y`` in a skorch dataset.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor
+            Images.
+        y : array-like, default=None
+            Targets.
+
+        Returns
+        -------
+        dataset : torch.utils.data.Dataset
+            The skorch dataset of the converted inputs.
+        """
+        return super().get_dataset(self._images(X), y)
+
+    def _images(self, X):
+        if isinstance(X, torch.Tensor):
+            if X.is_floating_point() and X.dtype != torch.float32:
+                X = X.float()
+        elif isinstance(X, np.ndarray) or (isinstance(X, (list, tuple)) and len(X) and np.ndim(X) > 1):
+            X = np.asarray(X)
+            if X.dtype.kind == "f" and X.dtype != np.float32:
+                X = X.astype(np.float32)
+            elif X.dtype.kind == "f" and not X.flags.writeable:
+                X = X.copy()  # torch warns at the user for a read-only array
+        else:
+            return X
+        if X.ndim == 3:
+            X = X[:, None]
+        shape = getattr(self, "input_shape_", None)
+        if shape is not None and tuple(X.shape[1:]) != tuple(shape):
+            raise ValueError(f"X in {type(self).__name__} must hold images of shape {tuple(shape)}, as the net "
+                             f"was fitted on; got {tuple(X.shape[1:])}.")
+        return X
+
+    def predict_proba(self, X):
+        """Class probabilities, one column per class.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            The probabilities.
+        """
+        proba = super().predict_proba(X)
+        if self.classes is not None and proba.ndim == 2 and proba.shape[1] != len(self.classes):
+            raise ValueError(
+                f"classes of {type(self).__name__} hold {len(self.classes)} labels but its module returns "
+                f"{proba.shape[1]} outputs; give one class per output, in the outputs' order."
+            )
+        return proba
+
+    def predict(self, X):
+        """The class of each image: a label of ``classes`` where given, else the output's index.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, H, W)
+            Images.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            The predicted classes.
+        """
+        idx = self.predict_proba(X).argmax(axis=1)
+        if self.classes is None:
+            return idx
+        return np.asarray(self.classes)[idx]
+
+
 def build_net(
     module,
     *,
@@ -164,13 +293,11 @@ def build_net(
     >>> net.fit(X, np.arange(12) % 3).predict(X).shape
     (12,)
     """
-    from skorch import NeuralNetClassifier
-
     cbs = list(callbacks or [])
     if verbose:
         cbs.append(("progress", EpochProgressBar(desc=desc)))
     kwargs.setdefault("criterion", nn.CrossEntropyLoss)
-    return (net_class or NeuralNetClassifier)(
+    return (net_class or ImageClassifierNet)(
         module,
         optimizer=optimizer,
         lr=lr,
@@ -199,7 +326,11 @@ def wrap_module(module, classes, *, device=None, **net_params):
     module : nn.Module
         A trained network returning logits.
     classes : array-like
-        Class labels, in the order of the module's outputs.
+        Class labels, one per output of the module, in the order of its
+        outputs; ``predict`` returns them (strings included). A module whose
+        outputs are not as many as the classes is refused at its first
+        forward pass (``predict``, ``predict_proba``), or here when
+        ``module.n_classes`` says how many it has.
     device : str, torch.device or None, default=None
         Where the net runs; ``None`` is where ``module`` lives.
     **net_params : dict
@@ -207,8 +338,18 @@ def wrap_module(module, classes, *, device=None, **net_params):
 
     Returns
     -------
-    net : skorch.NeuralNetClassifier
-        Initialized, with ``classes_`` set.
+    net : ImageClassifierNet
+        A skorch ``NeuralNetClassifier``, initialized, with ``classes_`` set;
+        it casts float64 images to float32 and reads ``(n, H, W)`` as one
+        channel.
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a torch module.
+    ValueError
+        If ``classes`` is empty, or differs in length from
+        ``module.n_classes`` where the module declares it.
 
     Examples
     --------
@@ -220,6 +361,15 @@ def wrap_module(module, classes, *, device=None, **net_params):
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}.")
+    n_classes = len(np.asarray(classes).ravel()) if classes is not None else 0
+    if n_classes == 0:
+        raise ValueError(f"classes in wrap_module must list the module's classes; got {classes!r}.")
+    declared = getattr(module, "n_classes", None)
+    if isinstance(declared, int) and declared != n_classes:
+        raise ValueError(
+            f"classes in wrap_module must hold one label per output of the module ({declared}); got "
+            f"{n_classes} labels."
+        )
     net = build_net(module, classes=classes, device=device, **net_params)
     net.initialize()
     return net

@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import StrOptions
 
 from .._utils import check_images, check_label_value, check_labels
 from ..metrics import attack_success_rate, clean_accuracy
-from ..models import ModelAdapter
+from ..models import ImageClassifierNet, ModelAdapter
 from ..models._surgery import OutputMask, UnitMask, masked_units, zero_units
 
 #: The values of the ``no_trigger`` parameter of the trigger-fed repairs.
@@ -148,6 +148,9 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
         accuracy_before = clean_accuracy(y, adapter.predict(X))
         self.repaired_model_ = self._repair(adapter, X, y, classes, **fit_params)
         self.input_shape_ = tuple(X.shape[1:])
+        if isinstance(self.repaired_model_, ImageClassifierNet):
+            # the returned net takes what the repair took (float64, (n, H, W)) and refuses other sizes
+            self.repaired_model_.input_shape_ = self.input_shape_
         self._check_result(X, y, accuracy_before)
         return self
 

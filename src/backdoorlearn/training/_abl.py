@@ -17,8 +17,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .._docstring import fill_doc
-from .._utils import DEVICE_CONSTRAINT, check_images, check_labels, resolve_device, seeded, torch_seed
-from ..models import ModelAdapter, build_net, wrap_module
+from .._utils import DEVICE_CONSTRAINT, as_tensor, check_images, check_labels, resolve_device, seeded, torch_seed
+from ..models import ImageClassifierNet, ModelAdapter, build_net, wrap_module
 
 __all__ = ["AntiBackdoorLearner"]
 
@@ -30,7 +30,7 @@ _CORE_RADIUS = 2.0
 _CORE_ITERATIONS = 20
 
 
-class _ABLNet(NeuralNetClassifier):
+class _ABLNet(ImageClassifierNet):
     """A skorch classifier whose training loss follows the current ABL stage.
 
     The criterion is built with ``reduction="none"`` so :meth:`get_loss` sees
@@ -353,7 +353,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         seed = torch_seed(self.random_state)
         with seeded(seed):
             module = _build_module(self.module, self.module_params, X.shape[1], len(classes))
-            device = resolve_device(self.device, module)
+            device = resolve_device(self.device, module, caller=caller)
             self._check_module_outputs(module, X[:1], len(classes))
             net = self._build_net(module, classes, device)
             net.initialize()
@@ -400,6 +400,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
         self.history_ = net.history
         self.model_ = wrap_module(net.module_, classes=classes, device=device,
                                   batch_size=self.train_batch_size)
+        self.model_.input_shape_ = self.input_shape_
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -409,7 +410,7 @@ class AntiBackdoorLearner(ClassifierMixin, BaseEstimator):
             was_training = module.training
             module.eval()
             try:
-                out = module(torch.from_numpy(np.ascontiguousarray(x)))
+                out = module(as_tensor(x))
             finally:
                 module.train(was_training)
         if out.ndim != 2 or out.shape[1] != n_classes:
