@@ -167,6 +167,8 @@ class BackdoorPoisoner(BaseEstimator):
                     stacklevel=2,
                 )
                 share = len(candidates)
+            if share == 0:  # nothing eligible: the warning said so, no row to stamp
+                continue
             rows = np.sort(rng.choice(candidates, size=share, replace=False))
             X_out[rows] = trigger.apply(X_img[rows])
             y_out[rows] = target

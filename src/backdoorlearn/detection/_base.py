@@ -101,13 +101,20 @@ class BaseDetector(PrefitModelsMixin, BaseEstimator, metaclass=ABCMeta):
         X : array-like of shape (n_samples, ...)
             Benign inputs (or a labelled mix, see ``y``).
         y : array-like of shape (n_samples,), default=None
-            Optional 0 (benign) / 1 (trojaned) labels: only rows with
-            ``y == 0`` are used.
+            Optional 0 (benign) / 1 (trojaned) labels, or booleans (True =
+            trojaned): only rows with ``y == 0`` are used. Any other value
+            (a class label such as 2, -1, a string) is refused.
 
         Returns
         -------
         self : object
             The fitted detector.
+
+        Raises
+        ------
+        ValueError
+            If ``y`` holds anything but 0 and 1 (or booleans), differs in
+            length from ``X``, or leaves too few benign samples.
         """
         self._validate_params()
         X = self._check_X(X, reset=True)
@@ -117,6 +124,13 @@ class BaseDetector(PrefitModelsMixin, BaseEstimator, metaclass=ABCMeta):
             if y.shape[0] != X.shape[0]:
                 raise ValueError(
                     f"y in {name}.fit must have one label per sample ({X.shape[0]}); got {y.shape[0]}."
+                )
+            values = set(np.unique(y).tolist()) if y.size else set()
+            if y.dtype.kind not in "biuf" or not values <= {0, 1}:
+                shown = sorted(map(repr, values))[:5]
+                raise ValueError(
+                    f"y in {name}.fit must hold 0 (benign) and 1 (trojaned) only, or booleans; got "
+                    f"{', '.join(shown)} ({y.dtype})."
                 )
             X = X[y == 0]
         if X.shape[0] < self._min_benign:

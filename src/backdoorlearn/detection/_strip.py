@@ -13,7 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._docstring import fill_doc
-from .._utils import DEVICE_CONSTRAINT
+from .._utils import DEVICE_CONSTRAINT, as_tensor
 from ..models import ModelAdapter
 from ._base import BaseDetector
 
@@ -360,7 +360,7 @@ class STRIPDetector(BaseDetector):
         adapter = self._adapter
         if adapter.is_white_box:
             device = torch.device(adapter.device)
-            X_t = torch.from_numpy(np.ascontiguousarray(X)).to(device)
+            X_t = as_tensor(X).to(device)
             pool_t = torch.from_numpy(self.pool_).to(device)
             with adapter.eval(), torch.no_grad():
                 for i0, i1, oi in batches:

@@ -389,9 +389,13 @@ class NeuralCleanse(BaseEstimator):
             n_classes = adapter.n_classes(X[:1])
             adapter.logits(X[:2])
         except RuntimeError as exc:
+            if isinstance(exc, ValueError):  # already explained by the adapter
+                raise
+            # the adapter names X for a channel or size mismatch and model for its dtype; what is left
+            # is not known to be X's fault
             raise ValueError(
-                f"X in {name}.fit does not match the model's input: images of shape "
-                f"{X.shape[1:]} failed in the forward pass ({exc})."
+                f"model given to {name}.fit failed on X (images of shape {X.shape[1:]}, float32, on "
+                f"{adapter.device}): {exc}"
             ) from exc
         if y is None:
             y = adapter.predict(X)

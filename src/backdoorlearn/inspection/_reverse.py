@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._utils import as_tensor
 from ..triggers import stamp
 
 # Keras' epsilon in the reference code: tanh(.) / (2 - eps) + 0.5 stays in (0, 1).
@@ -149,7 +150,7 @@ def reverse_chunk(model, X, tasks, cfg, *, device, progress=None):
     """
     dev = torch.device(device)
     n, c, h, w = X.shape
-    X_t = torch.from_numpy(np.ascontiguousarray(X)).to(dev)
+    X_t = as_tensor(X).to(dev)
     lo, hi = cfg["pattern_range"]
     B = cfg["batch"]
 
