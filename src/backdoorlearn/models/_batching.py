@@ -1,0 +1,143 @@
+"""Batch sizes chosen by measurement: a short timing probe, cached per model, input shape and device.
+
+How many images go through a network at once changes nothing in what a
+defense computes (each image's logits are the same whatever its batch), but
+on a CPU it changes the speed by a factor of two or more, and the fastest
+size depends on the model, the image size and the machine: small images run
+fastest in batches of a few hundred on one CPU, larger batches win on a GPU.
+A fixed default is therefore wrong somewhere. :func:`fastest_size` times a
+few candidate sizes on the actual model and input shape (a fraction of a
+second) and keeps the one with the least time per item; the choice is cached
+per process under a key of the architecture (parameter names and shapes,
+not values), the input shape, the device and the number of torch threads,
+so the probe runs once per model shape, not once per call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+__all__ = ["DEFAULT_SIZES", "architecture_key", "clear_cache", "fastest_size"]
+
+#: The candidate batch sizes of a probe (images per forward pass).
+DEFAULT_SIZES = (16, 32, 64, 128, 256, 512, 1024)
+
+_CACHE = {}
+_LOCK = threading.Lock()
+
+
+def architecture_key(module, input_shape, device, what=""):
+    """A hashable key of what a batch-size choice depends on, not of the weights' values.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network.
+    input_shape : tuple of int
+        The shape of one input.
+    device : str or torch.device
+        Where the forward passes run.
+    what : str, default=""
+        What is batched (``"strip"``, ``"predict"``, ...), so two uses of the
+        same model keep separate choices.
+
+    Returns
+    -------
+    key : tuple
+        Architecture class, parameter and buffer names and shapes, input
+        shape, device, torch thread count and ``what``.
+    """
+    tensors = tuple(
+        (name, tuple(t.shape), str(t.dtype))
+        for name, t in list(module.named_parameters()) + list(module.named_buffers())
+    )
+    return (
+        type(module).__module__, type(module).__qualname__, tensors, tuple(int(s) for s in input_shape),
+        str(device), torch.get_num_threads(), what,
+    )
+
+
+def clear_cache():
+    """Forget every cached choice (a new probe runs at the next call)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3, sync=None):
+    """The candidate size with the least time per item, from a short timing probe.
+
+    Each size gets one warm-up call (allocations, kernel selection), then up to
+    ``repeats`` timed calls; the best of them counts, as timings are only ever
+    slowed by noise. Sizes are tried from the smallest up, and the probe stops
+    once ``budget_s`` seconds are spent (the sizes not reached are not chosen),
+    or once two sizes in a row are more than 1.5 times slower per item than
+    the best so far (larger ones are not expected to recover on a CPU; on a
+    GPU per-item time falls with size and every size is tried).
+
+    Parameters
+    ----------
+    run : callable
+        ``run(size)`` does the work of one batch of ``size`` items.
+    sizes : sequence of int, default=DEFAULT_SIZES
+        The candidates.
+    key : hashable or None, default=None
+        Cache key (see :func:`architecture_key`): a choice made under the same
+        key is returned without probing. ``None`` probes every time.
+    budget_s : float, default=0.5
+        Wall-clock budget of the probe, in seconds.
+    repeats : int, default=3
+        Timed calls per size.
+    sync : callable or None, default=None
+        Called before each clock read (``torch.cuda.synchronize`` on a GPU).
+
+    Returns
+    -------
+    size : int
+        The chosen size.
+    timings : dict
+        Seconds per item of each size probed (the cached probe's when cached).
+
+    Examples
+    --------
+    >>> import time
+    >>> size, timings = fastest_size(lambda n: time.sleep(0.001 * (1 + n / 64)), sizes=(8, 64))
+    >>> size
+    64
+    """
+    sizes = sorted({int(s) for s in sizes})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"sizes in fastest_size must be positive integers; got {sizes}.")
+    if key is not None:
+        with _LOCK:
+            hit = _CACHE.get(key)
+        if hit is not None:
+            return hit
+    sync = sync or (lambda: None)
+    timings, slower = {}, 0
+    start = time.perf_counter()
+    for size in sizes:
+        if timings and time.perf_counter() - start > budget_s:
+            break
+        run(size)  # warm-up
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            sync()
+            t0 = time.perf_counter()
+            run(size)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+            if time.perf_counter() - start > budget_s:
+                break
+        timings[size] = best / size
+        slower = slower + 1 if timings[size] > 1.5 * min(timings.values()) else 0
+        if slower == 2:
+            break
+    choice = (min(timings, key=timings.get), timings)
+    if key is not None:
+        with _LOCK:
+            _CACHE.setdefault(key, choice)
+            choice = _CACHE[key]
+    return choice
