@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from numbers import Integral, Real
@@ -11,10 +12,12 @@ import torch
 from scipy.special import entr
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, as_tensor
 from ..models import ModelAdapter
+from ..models._batching import DEFAULT_SIZES, architecture_key, fastest_size
 from ._base import BaseDetector
 
 __all__ = ["STRIPDetector"]
@@ -22,6 +25,11 @@ __all__ = ["STRIPDetector"]
 # Largest (inputs x pool) random-key matrix drawn at once when overlays are
 # sampled without replacement.
 _MAX_KEYS = 1 << 22
+# Blends scored per chunk of inputs (bounds the overlay-index and entropy arrays).
+_CHUNK_BLENDS = 1 << 16
+# Blends per call of a black-box predict_proba under batch_size="auto" (no probe:
+# an estimator's cost per call is mostly its own Python overhead).
+_BLACK_BOX_BATCH = 1024
 # Fixed odd multipliers for the exact-duplicate lookup (see _row_keys).
 _KEY_SEED = 20191209
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -120,9 +128,39 @@ class STRIPDetector(BaseDetector):
         fewer triggered inputs on the model zoo's development entries
         overall (``benchmarks/bench_strip_clip.py``), though not on most of
         its coloured signs models.
+    early_stopping : bool, default=False
+        Score each input with an adaptive number of blends instead of always
+        ``n_perturbations``: a sequential test against ``threshold_`` adds
+        ``stopping_round`` blends at a time and stops once the running mean
+        entropy is far from the threshold given its standard error (see
+        Notes), or at ``n_perturbations``. The paper always uses a fixed
+        ``N`` (100); this mode is this library's departure from it, off by
+        default. :meth:`fit` always uses the fixed ``N`` (the threshold is
+        the paper's); :meth:`score_samples_and_counts` returns how many blends
+        each input took.
+    stopping_round : int, default=10
+        Blends added per round of ``early_stopping``: the fewest an input
+        gets (twice as many before it is flagged).
+    stopping_z : float, default=2.5
+        How many standard errors from the threshold the running mean must be
+        for ``early_stopping`` to stop; larger is more cautious (more
+        blends, answers closer to the fixed ``N``).
     {device}
-    batch_size : int, default=1024
-        Blended inputs per forward pass (bounds memory, not the result).
+    batch_size : int or "auto", default="auto"
+        Blends per forward pass. It bounds memory and sets the speed, never
+        the answer (up to the model's float rounding, see Notes). ``"auto"``
+        picks it by measurement: at fit, a short timing probe (a fraction of
+        a second) runs the model on real blends of the pool in batches of
+        16 to 1024 and keeps the size with the least time per blend, cached
+        per architecture, input shape, device and torch thread count, so a
+        process probes once per model shape. The fastest size depends on the
+        model, the image size and the machine: on a CPU, small images often
+        run faster per image in batches of a few hundred than in batches of
+        1024, and on a GPU larger batches win
+        (``benchmarks/bench_strip_speed.py`` prints the figures). For a
+        black-box estimator ``"auto"`` is 1024 blends per ``predict_proba``
+        call, without a probe (its cost per call is mostly its own
+        overhead). An int is used as given. The size used is ``batch_size_``.
     {random_state}
         With the input itself, it seeds each input's overlays: with an int,
         an input gets the same score whatever rows it is scored with, in any
@@ -143,6 +181,9 @@ class STRIPDetector(BaseDetector):
         ``log2(n_classes_)``).
     clip_range_ : tuple of (float, float) or None
         The clipping range used.
+    batch_size_ : int
+        Blends per forward pass: ``batch_size``, or the probe's choice under
+        ``"auto"``.
     input_shape_ : tuple of int
         Shape of one input, as at fit.
     n_features_in_ : int
@@ -172,16 +213,37 @@ class STRIPDetector(BaseDetector):
     ``random_state`` plays the part of a secret key: an attacker who knows
     it can compute the overlays an input will get).
 
-    The blends of ``batch_size // N`` whole inputs go through the model in
-    one forward pass (one input's blends in pieces of ``batch_size`` rows
-    when ``N`` is larger): the cost is the ``N`` forward passes per input
-    that STRIP needs.
+    The overlays of each input are drawn in an order in which every prefix
+    is itself a uniform draw: the first ``k`` are those that
+    ``n_perturbations=k`` draws. Blends go through the model
+    ``batch_size_`` at a time, across input boundaries, and each input's
+    entropies are summed once they are all known, so the batching never
+    changes how a score is summed: the cost is the ``N`` forward passes per
+    input that STRIP needs. A CPU's matrix kernels may round a blend's logits
+    differently in batches of different sizes (a difference in the last
+    float32 digits), so scores made with different ``batch_size_`` values
+    agree to about ``1e-6``, not always bit for bit.
+
+    With ``early_stopping=True``, after every ``k = stopping_round, 2 *
+    stopping_round, ...`` blends of an input, the running mean ``m_k`` and
+    standard deviation ``s_k`` of its normalized blend entropies are
+    compared with the threshold ``t``: the input stops once ``|m_k - t| >
+    stopping_z * max(s_k, |t|) / sqrt(k)`` (for ``m_k < t``, a flag, only
+    from ``k = 2 * stopping_round`` on), and its score is ``m_k``. The
+    floor ``|t|`` on ``s_k`` and the later first look at a flag keep a clean
+    input whose first blends all happen to be confident from being flagged
+    before the rare ambiguous blends that lift its mean over ``t`` had a
+    chance to appear. The defaults were chosen on the model zoo's
+    development entries. An input that never stops gets all
+    ``n_perturbations`` blends and the fixed-``N`` score (the same overlays,
+    in the same order, summed the same way); every input is tested on its
+    own, so its answer does not depend on the other inputs of the call.
 
     References
     ----------
     .. [1] Y. Gao, C. Xu, D. Wang, S. Chen, D. C. Ranasinghe and S. Nepal,
        "STRIP: A Defence Against Trojan Attacks on Deep Neural Networks",
-       ACSAC 2019.
+       ACSAC 2019 (fixed ``N = 100`` perturbations per input).
 
     Examples
     --------
@@ -196,6 +258,8 @@ class STRIPDetector(BaseDetector):
     (3,)
     >>> strip.predict(X[:3])
     array([0, 0, 0])
+    >>> strip.batch_size_ in (16, 32, 64, 128, 256, 512, 1024)
+    True
     """
 
     _parameter_constraints = {
@@ -206,8 +270,11 @@ class STRIPDetector(BaseDetector):
         "threshold_method": [StrOptions({"quantile", "normal"})],
         "superimposition": [StrOptions({"add", "blend"})],
         "clip_range": [StrOptions({"pool"}), tuple, None],
+        "early_stopping": ["boolean"],
+        "stopping_round": [Interval(Integral, 1, None, closed="left")],
+        "stopping_z": [Interval(Real, 0, None, closed="neither")],
         "device": DEVICE_CONSTRAINT,
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -222,8 +289,11 @@ class STRIPDetector(BaseDetector):
         threshold_method="quantile",
         superimposition="add",
         clip_range="pool",
+        early_stopping=False,
+        stopping_round=10,
+        stopping_z=2.5,
         device=None,
-        batch_size=1024,
+        batch_size="auto",
         random_state=None,
         verbose=0,
     ):
@@ -234,6 +304,9 @@ class STRIPDetector(BaseDetector):
         self.threshold_method = threshold_method
         self.superimposition = superimposition
         self.clip_range = clip_range
+        self.early_stopping = early_stopping
+        self.stopping_round = stopping_round
+        self.stopping_z = stopping_z
         self.device = device
         self.batch_size = batch_size
         self.random_state = random_state
@@ -241,8 +314,9 @@ class STRIPDetector(BaseDetector):
 
     # ------------------------------------------------------------------ hooks
     def _fit_detector(self, X):
+        adapter_batch = self.batch_size if isinstance(self.batch_size, Integral) else _BLACK_BOX_BATCH
         self._adapter = ModelAdapter(
-            self.model, defense="STRIPDetector", device=self.device, batch_size=self.batch_size
+            self.model, defense="STRIPDetector", device=self.device, batch_size=adapter_batch
         )
         n_classes = int(self._adapter.predict_proba(X[:1]).shape[1])
         if n_classes < 2:
@@ -256,12 +330,53 @@ class STRIPDetector(BaseDetector):
         keys = _row_keys(self.pool_)
         self._key_order = np.argsort(keys, kind="stable")
         self._sorted_keys = keys[self._key_order]
+        self.batch_size_ = self._choose_batch_size()
         # Sec. V-B: benign entropies, each input blended with the *other*
-        # pool images only (an input blended with itself is not perturbed).
-        return self._entropy(self.pool_, np.arange(len(self.pool_)))
+        # pool images only (an input blended with itself is not perturbed),
+        # always with the fixed N: the threshold is the paper's.
+        return self._entropy(self.pool_, np.arange(len(self.pool_)), adaptive=False)[0]
 
     def _score_samples(self, X):
-        return self._entropy(X, self._find_in_pool(X))
+        return self._entropy(X, self._find_in_pool(X), adaptive=self.early_stopping)[0]
+
+    # ------------------------------------------------------------------ public
+    def score_samples_and_counts(self, X):
+        """Compute the scores of :meth:`score_samples` and the number of blends each input took.
+
+        With ``early_stopping=False`` every count is ``n_perturbations``;
+        with ``early_stopping=True`` it is where the sequential test stopped
+        (a multiple of ``stopping_round``, or ``n_perturbations``). Nothing
+        is stored on the estimator: concurrent calls are safe.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Inputs, of the per-sample shape seen at fit.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            As :meth:`score_samples` returns them (higher = more benign).
+        counts : ndarray of shape (n_samples,)
+            Blends (forward passes) spent on each input, int64.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import torch
+        >>> from backdoorlearn import STRIPDetector, SmallCNN
+        >>> _ = torch.manual_seed(0)
+        >>> X = np.random.default_rng(0).random((60, 1, 8, 8), dtype=np.float32)
+        >>> strip = STRIPDetector(SmallCNN(1, 10), n_perturbations=40, early_stopping=True,
+        ...                       random_state=0).fit(X)
+        >>> scores, counts = strip.score_samples_and_counts(X[:4])
+        >>> bool(((counts >= 10) & (counts <= 40) & (counts % 10 == 0)).all())
+        True
+        """
+        check_is_fitted(self, "threshold_")
+        X = self._check_X(X, reset=False)
+        scores, counts = self._entropy(X, self._find_in_pool(X), adaptive=self.early_stopping)
+        return self._check_scores(scores), counts
 
     # ------------------------------------------------------------------ helpers
     def _resolve_clip(self, X):
@@ -280,6 +395,28 @@ class STRIPDetector(BaseDetector):
             )
         return lo, hi
 
+    def _choose_batch_size(self):
+        """``batch_size`` when an int; under ``"auto"`` the probe's choice (a fixed size for a black box)."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        adapter = self._adapter
+        if not adapter.is_white_box:
+            return _BLACK_BOX_BATCH
+        device = torch.device(adapter.device)
+        n = len(self.pool_)
+        rows = np.arange(max(DEFAULT_SIZES)) % n
+        xi, oi = rows, (rows + 1) % n  # real blends of pool images, never one with itself
+        pool_t = torch.from_numpy(self.pool_).to(device)
+
+        def run(size):
+            self._blend_entropies(pool_t, pool_t, xi[:size], oi[:size], device)
+
+        key = architecture_key(adapter.module, self.input_shape_, device, "strip")
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        with adapter.eval(), torch.no_grad():
+            size, _ = fastest_size(run, DEFAULT_SIZES, key=key, sync=sync)
+        return int(size)
+
     def _find_in_pool(self, X):
         """Pool index of each input that is bit-identical to a pool image, else -1."""
         keys = _row_keys(X)
@@ -297,12 +434,17 @@ class STRIPDetector(BaseDetector):
     def _draw_overlays(self, seeds, exclude):
         """Pool indices of shape (len(exclude), N), never the excluded index of each row.
 
-        Row ``r``'s draws come from ``seeds[r]`` alone (see :func:`_row_seeds`).
+        Row ``r``'s draws come from ``seeds[r]`` alone (see :func:`_row_seeds`),
+        in an order that makes every prefix a uniform draw too: the first
+        ``k`` columns are what ``n_perturbations=k`` would draw, so the
+        sequential test of ``early_stopping`` reads the fixed-N overlays in
+        order.
         """
         m, n_pool, N = len(exclude), len(self.pool_), self.n_perturbations
         has = exclude >= 0
         if N < n_pool:
-            # Without replacement: the N smallest of uniform keys, self ranked last.
+            # Without replacement: the N smallest of uniform keys, self ranked
+            # last, sorted by key (a prefix is the k smallest).
             out = np.empty((m, N), dtype=np.int64)
             step = max(1, _MAX_KEYS // n_pool)
             for r0 in range(0, m, step):  # bounds the key matrix
@@ -310,27 +452,14 @@ class STRIPDetector(BaseDetector):
                 keys = _counter_random(seeds[r0:r1], n_pool)
                 rows = np.flatnonzero(has[r0:r1])
                 keys[rows, exclude[r0:r1][rows]] = np.iinfo(np.uint64).max
-                out[r0:r1] = np.argpartition(keys, N - 1, axis=1)[:, :N]
+                chosen = np.argpartition(keys, N - 1, axis=1)[:, :N]
+                order = np.argsort(np.take_along_axis(keys, chosen, axis=1), axis=1, kind="stable")
+                out[r0:r1] = np.take_along_axis(chosen, order, axis=1)
             return out
         high = np.where(has, n_pool - 1, n_pool)[:, None]
         unit = (_counter_random(seeds, N) >> np.uint64(11)).astype(np.float64) * 2.0**-53
         draw = np.minimum((unit * high).astype(np.int64), high - 1)
         return draw + (has[:, None] & (draw >= exclude[:, None]))
-
-    def _row_batches(self, X, exclude, seed):
-        """Yield ``(i0, i1, overlays)``: inputs ``i0:i1`` and pool indices of shape (i1 - i0, k).
-
-        Batches hold whole inputs (``batch_size // N`` of them), or one input's
-        overlays in pieces of ``batch_size`` when ``N > batch_size``: an
-        input's blends and their sum never depend on its neighbours.
-        """
-        N, bs = self.n_perturbations, self.batch_size
-        per = max(1, bs // N)
-        for i0 in range(0, len(X), per):
-            i1 = min(len(X), i0 + per)
-            overlays = self._draw_overlays(_row_seeds(X[i0:i1], seed), exclude[i0:i1])
-            for s0 in range(0, N, bs if N > bs else N):
-                yield i0, i1, overlays[:, s0 : s0 + bs]
 
     def _superimpose(self, x, overlay):
         """Blend in place into ``x``, a fresh gathered copy (numpy array or torch tensor)."""
@@ -345,39 +474,112 @@ class STRIPDetector(BaseDetector):
                 x.clamp_(lo, hi)
         return x
 
-    def _entropy(self, X, exclude):
-        """Normalized mean entropy (Eq. 3-5) of each input of validated ``X``."""
+    def _blend_entropies(self, X, pool, xi, oi, device=None):
+        """Entropy in bits (float64) of each blend ``X[xi[j]] + pool[oi[j]]``, in one model call.
+
+        ``X`` and ``pool`` are tensors on ``device`` for a white-box model
+        (called inside ``adapter.eval()`` and ``no_grad``), numpy arrays for
+        a black box.
+        """
+        adapter = self._adapter
+        if adapter.is_white_box:
+            blend = self._superimpose(X[torch.from_numpy(xi).to(device)], pool[torch.from_numpy(oi).to(device)])
+            logp = torch.log_softmax(adapter.forward_logits(blend).float(), dim=1)
+            # per replica, over the classes (axis 1)
+            h = -(logp.exp() * logp).sum(dim=1) / math.log(2)
+            return h.double().cpu().numpy()
+        blend = self._superimpose(X[xi], pool[oi])
+        p = adapter.predict_proba(blend, batch_size=len(blend))
+        # entr(p) = -p ln p, 0 at p = 0; per replica, over the classes
+        return entr(p).sum(axis=1, dtype=np.float64) / math.log(2)
+
+    def _fill(self, H, rows, c0, c1, overlays, i0, X, pool, device):
+        """Fill ``H[rows, c0:c1]`` with the entropies of those blends, ``batch_size_`` per model call."""
+        k = c1 - c0
+        r = np.repeat(rows, k)
+        c = np.tile(np.arange(c0, c1), len(rows))
+        bs = self.batch_size_
+        for b0 in range(0, len(r), bs):
+            rb, cb = r[b0 : b0 + bs], c[b0 : b0 + bs]
+            H[rb, cb] = self._blend_entropies(X, pool, i0 + rb, overlays[rb, cb], device)
+
+    def _stopped(self, H, k, threshold):
+        """Which rows of ``H[:, :k]`` (normalized entropies) are far enough from ``threshold`` to stop.
+
+        ``|mean - threshold| > stopping_z * max(std, |threshold|) / sqrt(k)``,
+        and for a mean below the threshold (a flag) ``k >= 2 *
+        stopping_round``. A clean input can have a few rare high-entropy
+        blends that its first ones miss: they are then all near 0 (sample std
+        near 0) while its mean over N blends lies above the threshold. The
+        floor on the std and the later first look at a flag keep such inputs
+        from being flagged early; accepting early risks nothing similar (a
+        triggered input has no rare *low*-entropy blends that would pull a
+        high running mean down).
+        """
+        mean = H[:, :k].mean(axis=1)
+        std = H[:, :k].std(axis=1, ddof=1) if k > 1 else np.zeros(len(H))
+        std = np.maximum(std, abs(threshold))
+        far = np.abs(mean - threshold) > self.stopping_z * std / math.sqrt(k)
+        return far & ((mean > threshold) | (k >= 2 * self.stopping_round))
+
+    def _entropy(self, X, exclude, *, adaptive):
+        """Normalized mean entropy (Eq. 3-5) and blend count of each input of validated ``X``.
+
+        Each chunk of inputs gets its ``(n, N)`` overlay indices at once; the
+        blends go through the model ``batch_size_`` at a time, across input
+        boundaries, into an ``(n, N)`` table of entropies whose rows are
+        summed at the end: a score never depends on how the blends were
+        batched (up to the model's own rounding, see Notes).
+        """
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         n, N = len(X), self.n_perturbations
-        sums = np.zeros(n, dtype=np.float64)
-        batches = self._row_batches(X, np.asarray(exclude), seed)
-        if self.verbose:
-            from tqdm.auto import tqdm
-
-            per = max(1, self.batch_size // N)
-            total = math.ceil(n / per) * (math.ceil(N / self.batch_size) if N > self.batch_size else 1)
-            batches = tqdm(batches, total=total, desc="STRIP", leave=False)
+        exclude = np.asarray(exclude)
+        norm = math.log2(self.n_classes_)
+        scores = np.empty(n, dtype=np.float64)
+        counts = np.full(n, N, dtype=np.int64)
+        if adaptive:
+            threshold = float(self.threshold_)
+            if not np.isfinite(threshold):
+                raise ValueError(f"threshold_ of STRIPDetector must be finite; got {self.threshold_!r}.")
+            step = self.stopping_round
+        else:
+            step = N
+        per = max(1, _CHUNK_BLENDS // N)
         adapter = self._adapter
         if adapter.is_white_box:
             device = torch.device(adapter.device)
-            X_t = as_tensor(X).to(device)
-            pool_t = torch.from_numpy(self.pool_).to(device)
-            with adapter.eval(), torch.no_grad():
-                for i0, i1, oi in batches:
-                    xi = np.repeat(np.arange(i0, i1), oi.shape[1])
-                    blend = self._superimpose(
-                        X_t[torch.from_numpy(xi).to(device)], pool_t[torch.from_numpy(oi.ravel()).to(device)]
-                    )
-                    logp = torch.log_softmax(adapter.forward_logits(blend).float(), dim=1)
-                    # per replica, over the classes (axis 1), in bits
-                    h = -(logp.exp() * logp).sum(dim=1) / math.log(2)
-                    sums[i0:i1] += h.double().cpu().numpy().reshape(i1 - i0, -1).sum(axis=1)
+            X_all, pool = as_tensor(X).to(device), torch.from_numpy(self.pool_).to(device)
+            context = adapter.eval()
         else:
-            for i0, i1, oi in batches:
-                xi = np.repeat(np.arange(i0, i1), oi.shape[1])
-                blend = self._superimpose(X[xi], self.pool_[oi.ravel()])
-                p = adapter.predict_proba(blend, batch_size=len(blend))
-                # entr(p) = -p ln p, 0 at p = 0; per replica, over the classes
-                h = entr(p).sum(axis=1, dtype=np.float64) / math.log(2)
-                sums[i0:i1] += h.reshape(i1 - i0, -1).sum(axis=1)
-        return sums / N / math.log2(self.n_classes_)
+            device, X_all, pool = None, X, self.pool_
+            context = contextlib.nullcontext()
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="STRIP", unit="input", leave=False)
+        try:
+            with context, torch.no_grad():
+                for i0 in range(0, n, per):
+                    i1 = min(n, i0 + per)
+                    overlays = self._draw_overlays(_row_seeds(X[i0:i1], seed), exclude[i0:i1])
+                    H = np.empty((i1 - i0, N), dtype=np.float64)
+                    active, k = np.arange(i1 - i0), 0
+                    while len(active):
+                        k1 = min(N, k + step)
+                        self._fill(H, active, k, k1, overlays, i0, X_all, pool, device)
+                        k = k1
+                        if k == N:
+                            done, active = active, active[:0]
+                        else:
+                            stop = self._stopped(H[active, :k] / norm, k, threshold)
+                            done, active = active[stop], active[~stop]
+                        # the same sum, over the same k values, as with n_perturbations=k
+                        scores[i0 + done] = H[done, :k].sum(axis=1) / k
+                        counts[i0 + done] = k
+                        if bar is not None:
+                            bar.update(len(done))
+        finally:
+            if bar is not None:
+                bar.close()
+        return scores / norm, counts
