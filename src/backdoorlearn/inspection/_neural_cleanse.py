@@ -7,6 +7,7 @@ import numbers
 import warnings
 
 import numpy as np
+import torch
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
@@ -16,15 +17,17 @@ from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, check_images, check_label_value, check_labels
 from ..metrics import attack_success_rate
 from ..models import ModelAdapter
+from ..models._batching import architecture_key, fastest_size
 from ..triggers import Trigger
 from ._decision import log_anomaly_scores, log_norm_thresholds
-from ._reverse import Task, reverse_chunk
+from ._reverse import Task, reverse_chunk, step_probe
 
 __all__ = ["NeuralCleanse", "mad_anomaly_index"]
 
 _MAD_CONSTANT = 1.4826  # consistency constant of the MAD for a normal distribution
 _EARLY_STOP_THRESHOLD = 0.99  # reference code: the best norm must drop by 1% to count
 _FORWARD_BUDGET = 2**18  # input values per forward pass when label_chunk_size=None
+_SETTLE_THRESHOLD = 0.99  # settle_patience: an improvement of the best norm by less than 1% does not count
 _DEFAULT_THRESHOLD = {"log-mad": 3.5, "mad": 2.0}
 
 
@@ -162,13 +165,35 @@ class NeuralCleanse(BaseEstimator):
         initialisations. The smallest norm reaching the threshold is kept
         (the problem is a minimization) and the spread of the model-level
         index over restarts is reported in ``restart_anomaly_indices_``.
-    label_chunk_size : int, default=None
+    label_chunk_size : int, "auto" or None, default=None
         Triggers optimized together in one ``(K, ...)`` tensor (a memory
-        bound). ``None`` splits them evenly over ``n_jobs`` with at most
-        about ``2**18`` input values per forward pass: every label of small
-        images at once, a few labels of larger ones, whose feature maps
-        would otherwise outgrow a CPU's caches. ``1`` is the
-        one-label-at-a-time reference. The result does not depend on it.
+        bound and a speed setting; the result does not depend on it).
+        ``"auto"`` chooses K by measurement: a short timing probe (at most
+        about half a second) of one optimization step (forward pass and input
+        gradient of ``K x train_batch_size`` stamped images) for K = 1, 2, 4,
+        ... up to one job's share of the triggers keeps the K whose chunks
+        (and remainder chunk) take the least time for all triggers by the
+        probe's times per trigger-step; the probe is cached per architecture,
+        image shape, device, torch thread count and ``train_batch_size``, so
+        the probe runs once per process for a model shape. ``None`` splits
+        them evenly over ``n_jobs`` with at most about ``2**18`` input values
+        per forward pass: every label of small images at once, a few labels
+        of larger ones, whose feature maps would otherwise outgrow a CPU's
+        caches. An int is used as given; ``1`` is the one-label-at-a-time
+        reference. The K used is ``label_chunk_size_``.
+    settle_patience : int or None, default=None
+        Stop a trigger once its smallest mask reaching the threshold (the
+        best one, which is what is kept) has not shrunk by more than 1% for
+        this many steps, even if its cost schedule has not moved both ways;
+        the trigger leaves the batch, as with the early stop. ``None`` is
+        off: only the reference code's early stop (see
+        ``early_stop_patience``) ends a trigger before ``steps``, as in the
+        reference code of Wang et al. [1]_; this rule is a deviation from it
+        (see Notes). ``10`` (2 x ``patience``) left the flagged labels
+        unchanged on the model zoo's development entries it was tried on
+        and saved label-steps (``benchmarks/bench_nc_speed.py --settle-zoo
+        development``); it stays off by default until the whole zoo is
+        checked. The steps it saved are in ``label_steps_saved_``.
     train_batch_size : int, default=32
         Images per trigger in each mini-batch of the optimization, the
         reference's ``BATCH_SIZE`` (a forward pass holds up to
@@ -236,6 +261,25 @@ class NeuralCleanse(BaseEstimator):
     n_steps_ : ndarray of shape (n_candidates,)
         Optimization steps run per candidate (summed over restarts and, in
         fast mode, over both phases).
+    label_steps_ : int
+        Optimization steps run in all, summed over candidates: the work of
+        the fit (``n_steps_.sum()``).
+    settled_ : ndarray of shape (n_candidates,), bool
+        Which candidates ``settle_patience`` stopped (in any restart or
+        phase); all False when it is None.
+    label_steps_saved_ : int
+        Steps the settled candidates had left before their cap (``steps``,
+        or ``fast_steps`` in the screening): what settling saved at most,
+        since a settled trigger might have met the reference's early stop
+        before the cap (a run with ``settle_patience=None`` tells the exact
+        figure). 0 when it is None.
+    label_chunk_size_ : int
+        Triggers per chunk of the (full) optimization: ``label_chunk_size``
+        as given (at most the number of triggers), or the K it chose.
+    label_chunk_timings_ : dict or None
+        With ``label_chunk_size="auto"``, the probe's seconds per
+        trigger-step of each K it timed (the cached probe's when cached);
+        otherwise None.
     n_classes_ : int
         Number of classes of the model.
 
@@ -260,6 +304,12 @@ class NeuralCleanse(BaseEstimator):
       ``steps`` and ``samples_per_step``);
     - the pattern spans the value range of ``X`` (at least [0, 1]) rather
       than raw pixel values;
+    - with ``settle_patience``, a trigger also stops once its best norm has
+      not improved by more than 1% for that many steps, without the
+      reference's condition that the cost schedule moved both ways first
+      (the reference stops only then; a trigger whose cost only ever rose
+      or only fell runs to the cap there). The kept trigger is still the
+      smallest one that reached the threshold;
     - without ``y``, the images the model predicts as the target are left
       out of a target's batches (the reference uses every image); with
       ``y`` the true labels decide;
@@ -307,7 +357,8 @@ class NeuralCleanse(BaseEstimator):
         "decision_rule": [StrOptions({"log-mad", "mad"})],
         "anomaly_threshold": [Interval(numbers.Real, 0, None, closed="left"), None],
         "n_restarts": [Interval(numbers.Integral, 1, None, closed="left")],
-        "label_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "label_chunk_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"}), None],
+        "settle_patience": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "samples_per_step": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "device": DEVICE_CONSTRAINT,
@@ -319,8 +370,9 @@ class NeuralCleanse(BaseEstimator):
     def __init__(self, init_cost=1e-3, lr=0.1, steps=100, attack_success_threshold=0.99, patience=5,
                  cost_multiplier=1.5, early_stop_patience=None, labels=None, pairs=None, mode="full",
                  fast_steps=10, fast_top_k=None, fast_n_random=None, decision_rule="log-mad",
-                 anomaly_threshold=None, n_restarts=1, label_chunk_size=None, train_batch_size=32,
-                 samples_per_step=None, device=None, n_jobs=None, random_state=None, verbose=0):
+                 anomaly_threshold=None, n_restarts=1, label_chunk_size=None, settle_patience=None,
+                 train_batch_size=32, samples_per_step=None, device=None, n_jobs=None, random_state=None,
+                 verbose=0):
         self.init_cost = init_cost
         self.lr = lr
         self.steps = steps
@@ -338,6 +390,7 @@ class NeuralCleanse(BaseEstimator):
         self.anomaly_threshold = anomaly_threshold
         self.n_restarts = n_restarts
         self.label_chunk_size = label_chunk_size
+        self.settle_patience = settle_patience
         self.train_batch_size = train_batch_size
         self.samples_per_step = samples_per_step
         self.device = device
@@ -447,13 +500,22 @@ class NeuralCleanse(BaseEstimator):
         results = self._run_tasks(tasks, run, steps=self.steps, desc="reverse engineering")
         per_restart = [results[r * len(selected):(r + 1) * len(selected)] for r in range(self.n_restarts)]
         n_steps = np.zeros(len(candidates), dtype=np.int64)
+        settled = np.zeros(len(candidates), dtype=bool)
+        saved = 0  # steps the settled triggers had left before their cap
         final = [None] * len(candidates)
         if screening is not None:
             final = list(screening)
             n_steps += [r.steps for r in screening]
+            settled |= [r.settled for r in screening]
+            saved += sum(self.fast_steps - r.steps for r in screening if r.settled)
         for j, i in enumerate(selected):
             final[i] = min((rr[j] for rr in per_restart), key=_rank)
             n_steps[i] += sum(rr[j].steps for rr in per_restart)
+            settled[i] |= any(rr[j].settled for rr in per_restart)
+            saved += sum(self.steps - rr[j].steps for rr in per_restart if rr[j].settled)
+        self.settled_ = settled
+        self.label_steps_ = int(n_steps.sum())
+        self.label_steps_saved_ = int(saved)
         return final, per_restart, n_steps
 
     def _score(self, final, per_restart, screening, selected, random_part):
@@ -610,18 +672,39 @@ class NeuralCleanse(BaseEstimator):
             early_stop=True,
             early_stop_patience=int(self.early_stop_patience or 2 * self.patience),
             early_stop_threshold=_EARLY_STOP_THRESHOLD, pattern_range=(lo, hi),
+            settle_patience=None if self.settle_patience is None else int(self.settle_patience),
+            settle_threshold=_SETTLE_THRESHOLD,
         )
 
-    def _run_tasks(self, tasks, run, *, steps, desc):
-        cfg = dict(run["cfg"], steps=int(steps))
-        n_jobs = effective_n_jobs(self.n_jobs)
+    def _chunk_size(self, n_tasks, run, cfg):
+        """Triggers per chunk (``label_chunk_size``) and the probe's timings (None without a probe)."""
+        per_job = math.ceil(n_tasks / effective_n_jobs(self.n_jobs))
         size = self.label_chunk_size
+        if size == "auto":
+            # Time one mini-batch step of K triggers for K = 1, 2, 4, ... up to a job's share of
+            # the tasks, and keep the K with the least time per trigger-step; cached per
+            # architecture, image shape, device, thread count and mini-batch size.
+            candidates = sorted({2**i for i in range(per_job.bit_length()) if 2**i < per_job} | {per_job})
+            adapter, device = run["adapter"], run["device"]
+            key = architecture_key(adapter.runtime_module, run["X"].shape[1:], device,
+                                   f"nc:batch={cfg['batch']}:max={per_job}")
+            probe = step_probe(adapter.forward_logits, run["X"], cfg["batch"], cfg["pattern_range"], device=device)
+            sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+            _, timings = fastest_size(probe, candidates, key=key, sync=sync)
+            return _cheapest_chunking(n_tasks, timings), dict(timings)
         if size is None:
             # Split over the jobs, and bound one forward pass to about _FORWARD_BUDGET input
             # values: on a CPU, larger batches of large images run slower per image (their
             # feature maps leave the caches); small images are batched whole.
             per_task = cfg["batch"] * int(np.prod(run["X"].shape[1:]))
-            size = min(math.ceil(len(tasks) / n_jobs), max(1, _FORWARD_BUDGET // per_task))
+            size = min(per_job, max(1, _FORWARD_BUDGET // per_task))
+        return int(min(size, n_tasks)), None
+
+    def _run_tasks(self, tasks, run, *, steps, desc):
+        cfg = dict(run["cfg"], steps=int(steps))
+        n_jobs = effective_n_jobs(self.n_jobs)
+        size, timings = self._chunk_size(len(tasks), run, cfg)
+        self.label_chunk_size_, self.label_chunk_timings_ = size, timings
         chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
         args = [(run["adapter"], run["X"], chunk, cfg, run["device"], self.verbose,
                  f"{desc} {k + 1}/{len(chunks)}") for k, chunk in enumerate(chunks)]
@@ -635,6 +718,25 @@ class NeuralCleanse(BaseEstimator):
     def _asr(adapter, X, y, pool, target, trigger):
         pred = adapter.predict(trigger.apply(X[pool]))
         return attack_success_rate(y[pool], pred, target)
+
+
+def _cheapest_chunking(n_tasks, timings):
+    """The chunk size K whose chunking of ``n_tasks`` triggers costs least by the probe's timings.
+
+    ``timings`` maps the K probed to seconds per trigger-step. Chunks of K
+    cost ``K * t(K)`` each and the remainder chunk of ``r`` triggers ``r *
+    t(r)``, with ``t(r)`` the timing of the largest K probed not above ``r``
+    (per-trigger time falls with K): a fastest K of 8 for 10 labels loses to
+    one chunk of 10 when the chunk of 2 left over runs twice as slow per label.
+    """
+    probed = sorted(timings)
+
+    def cost(k):
+        full, rest = divmod(n_tasks, k)
+        t_rest = timings[max(p for p in probed if p <= rest)] if rest else 0.0
+        return full * k * timings[k] + rest * t_rest
+
+    return int(min(probed, key=lambda k: (cost(k), -k)))
 
 
 def _rank(result):

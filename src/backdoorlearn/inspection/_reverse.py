@@ -20,6 +20,12 @@ norm stopped improving. Because each task draws its initialisation and its
 mini-batches from its own generator, and Adam is element-wise, a task's
 result does not depend on which other tasks share its chunk: ``chunk size 1``
 is the one-at-a-time reference.
+
+Optionally (``settle_patience``, not in the reference code) a task also stops
+once its best norm has not improved by more than ``settle_threshold`` for
+that many steps, whether or not its cost schedule has moved both ways.
+:func:`step_probe` times one mini-batch step of K tasks, so that the number
+of tasks per chunk can be chosen by measurement.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class TaskResult:
     reached: bool  # reached the attack-success threshold at some step
     steps: int  # optimization steps (passes) run
     cost: float  # final cost
+    settled: bool = False  # stopped by the settled-label rule (cfg["settle_patience"])
 
 
 def _to_unit(t, eps=_EPS):
@@ -86,6 +93,9 @@ class _Schedule:
         self.reg_best = math.inf
         self.early_stop_reg_best = math.inf
         self.early_stop_counter = 0
+        self.settle_reg_best = math.inf
+        self.settle_counter = 0
+        self.settled = False
 
     def update(self, acc, reg):
         """End of one step: returns (is_new_best, stop)."""
@@ -94,6 +104,14 @@ class _Schedule:
         if best:
             self.reg_best = reg
         stop = False
+        if cfg.get("settle_patience") is not None and self.reg_best < math.inf:
+            # Not in the reference: the smallest successful mask has stopped shrinking.
+            if self.reg_best >= cfg["settle_threshold"] * self.settle_reg_best:
+                self.settle_counter += 1
+            else:
+                self.settle_counter = 0
+                self.settle_reg_best = self.reg_best
+            self.settled = self.settle_counter >= cfg["settle_patience"]
         if cfg["early_stop"]:
             # only terminate once a trigger reaching the threshold was found
             if self.reg_best < math.inf:
@@ -104,6 +122,10 @@ class _Schedule:
             self.early_stop_reg_best = min(self.reg_best, self.early_stop_reg_best)
             stop = (self.down_flag and self.up_flag
                     and self.early_stop_counter >= cfg["early_stop_patience"])
+        if self.settled and not stop:
+            stop = True
+        else:
+            self.settled = False  # the reference's early stop came first: it is not counted as settled
         if self.cost == 0 and acc >= cfg["threshold"]:
             self.set_counter += 1
             if self.set_counter >= cfg["patience"]:
@@ -144,7 +166,8 @@ def reverse_chunk(model, X, tasks, cfg, *, device, progress=None):
         ``steps``, ``batch``, ``batches_per_step``, ``lr``, ``betas``,
         ``init_cost``, ``threshold``, ``patience``, ``multiplier_up``,
         ``multiplier_down``, ``early_stop``, ``early_stop_patience``,
-        ``early_stop_threshold``, ``pattern_range``.
+        ``early_stop_threshold``, ``pattern_range``; optionally
+        ``settle_patience`` (None: off) and ``settle_threshold``.
     progress : callable, default=None
         Called with (step, n_active) after each step.
     """
@@ -183,21 +206,7 @@ def reverse_chunk(model, X, tasks, cfg, *, device, progress=None):
         for _ in range(cfg["batches_per_step"]):
             idx = np.stack([streams[i].take(B) for i in active])  # (k, B)
             xb = X_t[torch.from_numpy(idx).to(dev)]  # (k, B, C, H, W)
-            mask_p.requires_grad_(True)
-            pattern_p.requires_grad_(True)
-            mask = _to_unit(mask_p)  # (k, 1, H, W)
-            pattern = lo + (hi - lo) * _to_unit(pattern_p)  # (k, C, H, W)
-            x_adv = stamp(xb, mask[:, None], pattern[:, None]).reshape(k_act * B, c, h, w)
-            logits = model(x_adv)
-            ce = F.cross_entropy(logits, tgt_rep, reduction="none").view(k_act, B).mean(dim=1)
-            reg = mask.abs().sum(dim=(1, 2, 3))
-            loss = (ce + costs * reg).sum()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    "NeuralCleanse: the trigger optimization produced a non-finite loss "
-                    "(the model returned NaN or infinite logits on stamped inputs); "
-                    "check the model and the input scale.")
-            g_mask, g_pat = torch.autograd.grad(loss, (mask_p, pattern_p))
+            logits, reg, g_mask, g_pat = _step(model, xb, mask_p, pattern_p, tgt_rep, costs, (lo, hi))
             mask_p = mask_p.detach()
             pattern_p = pattern_p.detach()
             adam_step += 1
@@ -235,6 +244,73 @@ def reverse_chunk(model, X, tasks, cfg, *, device, progress=None):
     return results
 
 
+def _step(model, xb, mask_p, pattern_p, tgt_rep, costs, pattern_range):
+    """The loss of one mini-batch of K triggers and its gradient: (logits, reg, g_mask, g_pattern).
+
+    ``xb`` is ``(K, B, C, H, W)``: each trigger's own B images, stamped with
+    its mask and pattern and sent through the model as one ``K x B`` batch.
+    """
+    k, b, c, h, w = xb.shape
+    lo, hi = pattern_range
+    mask_p.requires_grad_(True)
+    pattern_p.requires_grad_(True)
+    mask = _to_unit(mask_p)  # (k, 1, H, W)
+    pattern = lo + (hi - lo) * _to_unit(pattern_p)  # (k, C, H, W)
+    x_adv = stamp(xb, mask[:, None], pattern[:, None]).reshape(k * b, c, h, w)
+    logits = model(x_adv)
+    ce = F.cross_entropy(logits, tgt_rep, reduction="none").view(k, b).mean(dim=1)
+    reg = mask.abs().sum(dim=(1, 2, 3))
+    loss = (ce + costs * reg).sum()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            "NeuralCleanse: the trigger optimization produced a non-finite loss "
+            "(the model returned NaN or infinite logits on stamped inputs); "
+            "check the model and the input scale.")
+    g_mask, g_pat = torch.autograd.grad(loss, (mask_p, pattern_p))
+    return logits, reg, g_mask, g_pat
+
+
+def step_probe(model, X, batch, pattern_range, *, device):
+    """``run(k)``: one mini-batch step of ``k`` triggers on ``X``, for a timing probe.
+
+    The work of one step of :func:`reverse_chunk` with ``k`` tasks: the
+    gather of ``k x batch`` images, the stamping, the forward pass and the
+    gradient with respect to the masks and patterns. Nothing is optimized and
+    no random generator is drawn from.
+
+    Parameters
+    ----------
+    model : callable
+        As in :func:`reverse_chunk`.
+    X : ndarray of shape (n, C, H, W)
+        The defender's images.
+    batch : int
+        Images per trigger in a mini-batch.
+    pattern_range : tuple of float
+        The value range of the pattern.
+    device : str or torch.device
+
+    Returns
+    -------
+    run : callable
+        ``run(k)`` does the work of one step of ``k`` triggers.
+    """
+    dev = torch.device(device)
+    n, c, h, w = X.shape
+    X_t = as_tensor(X).to(dev)
+    rows = np.arange(batch) % n
+
+    def run(k):
+        idx = torch.from_numpy(np.tile(rows, (k, 1))).to(dev)
+        mask_p = torch.zeros((k, 1, h, w), device=dev)
+        pattern_p = torch.zeros((k, c, h, w), device=dev)
+        tgt_rep = torch.zeros(k * batch, dtype=torch.long, device=dev)
+        costs = torch.full((k,), 1e-3, device=dev)
+        _step(model, X_t[idx], mask_p, pattern_p, tgt_rep, costs, pattern_range)
+
+    return run
+
+
 def _result(best, mask_now, pattern_now, schedule, steps):
     reached = best is not None
     # As the reference: without a trigger reaching the threshold, keep the last one.
@@ -243,7 +319,7 @@ def _result(best, mask_now, pattern_now, schedule, steps):
     mask = np.clip(mask, 0.0, 1.0)
     return TaskResult(mask=mask.astype(np.float32), pattern=pattern.astype(np.float32),
                       l1_norm=float(np.abs(mask).sum()), reached=reached, steps=steps,
-                      cost=float(schedule.cost))
+                      cost=float(schedule.cost), settled=schedule.settled)
 
 
 class _IndexStream:
