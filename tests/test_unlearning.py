@@ -51,9 +51,6 @@ def test_unlearning_with_neural_cleanse_digits(digits_bench):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "target: ASR <= 5% after unlearning the reversed trigger on signs; on the 2026-12-02 machine (a "
-    "different CPU from the one the embedded benchmarks were tuned on) 7.3% remain"))
 def test_unlearning_with_neural_cleanse_signs(signs_bench):
     b = signs_bench
     nc = NeuralCleanse(random_state=0).fit(b.backdoored_model, b.X_holdout)
