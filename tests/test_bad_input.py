@@ -207,7 +207,7 @@ def _strip(model, X, **kw):
     return STRIPDetector(model, n_perturbations=8, random_state=0, **kw).fit(X)
 
 
-@pytest.mark.parametrize("batch_size", [1024, 5])  # whole inputs per batch, or one input in pieces
+@pytest.mark.parametrize("batch_size", [1024, 5])  # many inputs per forward pass, or one input over several
 def test_strip_scores_do_not_depend_on_the_other_rows(digits_bench, batch_size):
     b = digits_bench
     strip = _strip(b.backdoored_model, b.X_holdout, batch_size=batch_size)

@@ -682,8 +682,8 @@ class NeuralCleanse(BaseEstimator):
         size = self.label_chunk_size
         if size == "auto":
             # Time one mini-batch step of K triggers for K = 1, 2, 4, ... up to a job's share of
-            # the tasks, and keep the K with the least time per trigger-step; cached per
-            # architecture, image shape, device, thread count and mini-batch size.
+            # the tasks (cached per architecture, image shape, device, thread count and mini-batch
+            # size), and keep the K whose chunking, remainder included, costs least.
             candidates = sorted({2**i for i in range(per_job.bit_length()) if 2**i < per_job} | {per_job})
             adapter, device = run["adapter"], run["device"]
             key = architecture_key(adapter.runtime_module, run["X"].shape[1:], device,
