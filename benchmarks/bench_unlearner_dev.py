@@ -1,0 +1,139 @@
+"""Unlearner settings compared on the development zoo, each entry fed by its own NeuralCleanse.
+
+This is where Unlearner's defaults are chosen: only development entries, never
+the held-out ones that ``bench_pipeline.py`` reports. Every infected entry's
+``NeuralCleanse(random_state=0)`` (cached as in ``bench_pipeline.py``) feeds
+``Unlearner(nc, random_state=0, **variant)``; a case (entry, trigger) meets the
+target when its attack success on the test set is <= 5% and the clean accuracy
+lost is <= 3 points (issue 13's Unlearner target).
+
+    python benchmarks/bench_unlearner_dev.py [--data digits mnist5k signs] [--variants ...] [--resume F]
+
+``--resume`` keeps per-entry results in a JSON file (variants found there are not
+re-run); ``--report-only`` prints its table.
+"""
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from _report import parse
+from bench_pipeline import fitted_neural_cleanse
+
+from backdoorlearn import Trigger, Unlearner
+from backdoorlearn.datasets import get_data_home, load_zoo_model, zoo_specs
+from backdoorlearn.metrics import clean_accuracy
+
+#: name -> Unlearner parameters besides the triggers (None: the reversed masks binarized).
+VARIANTS = {
+    "lr 2e-3": dict(lr=2e-3),
+    "lr 5e-3": dict(lr=5e-3),
+    "lr 1e-2": dict(lr=1e-2),
+    "stamp 0.4, lr 2e-3": dict(stamp_fraction=0.4, lr=2e-3),
+    "stamp 0.3, lr 5e-3": dict(stamp_fraction=0.3, lr=5e-3),
+    "stamp 0.4, lr 5e-3": dict(stamp_fraction=0.4, lr=5e-3),
+    "stamp 0.2 per trigger, lr 2e-3": "per-trigger",
+    "40 epochs, lr 2e-3": dict(fine_tune_epochs=40, lr=2e-3),
+    "40 epochs, lr 5e-3": dict(fine_tune_epochs=40, lr=5e-3),
+    "binarized masks, lr 2e-3": "binarized",
+}
+TARGET_ASR, TARGET_DROP = 0.05, 0.03
+
+
+def _params(variant, nc):
+    spec = VARIANTS[variant]
+    flagged = list(nc.flagged_labels_)
+    if spec == "per-trigger":
+        return dict(triggers=nc, stamp_fraction=min(0.6, 0.2 * max(1, len(flagged))), lr=2e-3)
+    if spec == "binarized":
+        if not flagged:
+            return None
+        triggers = {label: nc.reversed_triggers_[label] for label in flagged}
+        return dict(triggers={label: Trigger((t.mask > 0.5 * t.mask.max()).astype(np.float32), t.pattern)
+                              for label, t in triggers.items()}, lr=2e-3)
+    return dict(triggers=nc, **spec)
+
+
+def _meets(row, variant):
+    v = row.get(variant)
+    if v is None:
+        return None
+    return [bool(a <= TARGET_ASR and row["accuracy"] - v["accuracy"] <= TARGET_DROP)
+            for a in np.atleast_1d(v["attack_success"])]
+
+
+def report(out, done, variants):
+    out("Unlearner fed by each development entry's NeuralCleanse: cases (entry, trigger) with attack success "
+        f"<= {TARGET_ASR:.0%} and <= {TARGET_DROP * 100:.0f} points of clean accuracy lost; '-': not run")
+    datas = sorted({row["data"] for row in done.values()})
+    out(f"{'variant':32s} " + " ".join(f"{d:>9s}" for d in datas) + f" {'all':>9s}")
+    for variant in variants:
+        cells, hits, total, complete = [], 0, 0, True
+        for d in datas:
+            rows = [r for r in done.values() if r["data"] == d]
+            met = [_meets(r, variant) for r in rows]
+            if any(m is None and r["flagged"] for m, r in zip(met, rows)):
+                cells.append(f"{'-':>9s}")
+                complete = False
+                continue
+            h = sum(sum(m) for m in met if m)
+            n = sum(len(r["targets"]) for r in rows)
+            hits, total = hits + h, total + n
+            cells.append(f"{f'{h}/{n}':>9s}")
+        all_cell = f"{hits}/{total}" if complete else "-"
+        out(f"{variant:32s} " + " ".join(cells) + f" {all_cell:>9s}")
+    out("")
+    out("per entry: targets, labels NeuralCleanse flagged, clean accuracy, then clean accuracy / attack success "
+        "of each variant run")
+    for name, row in done.items():
+        parts = [f"{v}: {row[v]['accuracy']:.1%}/" + ",".join(f"{a:.0%}" for a in np.atleast_1d(row[v]['attack_success']))
+                 for v in variants if v in row]
+        out(f"  {name} targets {row['targets']} flagged {row['flagged']} acc {row['accuracy']:.1%}: "
+            + "; ".join(parts))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="*", default=["digits", "mnist5k", "signs"])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nc-cache", default=str(Path(get_data_home()) / "nc-pipeline"))
+    parser.add_argument("--resume", default=None)
+    parser.add_argument("--report-only", action="store_true")
+    args, out = parse(parser, "unlearner_dev")
+    torch.set_num_threads(args.threads)
+    done = json.loads(Path(args.resume).read_text()) if args.resume and Path(args.resume).exists() else {}
+    if not args.report_only:
+        for spec in zoo_specs("development", data=args.data):
+            if spec.attack == "clean":
+                continue
+            zm = load_zoo_model(spec)
+            nc, _ = fitted_neural_cleanse(zm, args.nc_cache)
+            row = done.setdefault(spec.name, {"data": spec.data, "targets": list(spec.target_labels),
+                                              "flagged": [int(x) for x in nc.flagged_labels_],
+                                              "accuracy": zm.clean_accuracy})
+            for variant in args.variants:
+                params = _params(variant, nc)
+                if variant in row or params is None:
+                    continue
+                t = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = Unlearner(random_state=0, **params).fit(zm.model, zm.X_defender,
+                                                                    zm.y_defender).repaired_model_
+                row[variant] = {"accuracy": clean_accuracy(zm.y_test, model.predict(zm.X_test)),
+                                "attack_success": np.atleast_1d(zm.attack_success_of(model)).tolist(),
+                                "seconds": time.perf_counter() - t}
+                if args.resume:
+                    Path(args.resume).write_text(json.dumps(done))
+            print(f"{spec.name}: done", flush=True)
+    report(out, done, args.variants)
+    out.save()
+
+
+if __name__ == "__main__":
+    main()
