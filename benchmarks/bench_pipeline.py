@@ -5,7 +5,9 @@ For every entry of the split, with only what a defender has (the model, its clea
 
 1. ``NeuralCleanse(random_state=0)`` over all labels (the defaults);
 2. fed with that fitted NeuralCleanse, on the same model and data:
-   ``Unlearner(nc, random_state=0)``, ``NeuronPruner(nc)``, ``ActivationFilter(model, nc)``;
+   ``Unlearner(nc, random_state=0)``, ``NeuronPruner(nc)``, ``ActivationFilter(model, nc)``,
+   and ``Unlearner(nc, random_state=0, no_trigger="fine-prune")`` (run only where NeuralCleanse
+   flagged nothing: elsewhere it is the plain Unlearner by construction);
 3. ``FinePruner(random_state=0)`` (needs no trigger);
 4. targeted ``BimodelClassifier(model, fine-pruned model, target_labels=nc.flagged_labels_)``
    (which cross-examines every input when NeuralCleanse flagged nothing).
@@ -66,8 +68,12 @@ def _repair_scores(zm, model):
             "attack_success": zm.attack_success_of(model)}
 
 
-def run_entry(zm, nc, only=None, filter_params=None):
-    """Every downstream defense of ``zm`` fed by ``nc``; ``only`` limits them to those names."""
+def run_entry(zm, nc, only=None, filter_params=None, known=None):
+    """Every downstream defense of ``zm`` fed by ``nc``; ``only`` limits them to those names.
+
+    ``known`` holds results of an earlier run of this entry (the plain Unlearner's is reused
+    where the fallback variant is the same by construction).
+    """
     X, y, model = zm.X_defender, zm.y_defender, zm.model
     out = {}
 
@@ -94,6 +100,12 @@ def run_entry(zm, nc, only=None, filter_params=None):
     def unlearn():
         return _repair_scores(zm, Unlearner(nc, random_state=0).fit(model, X, y).repaired_model_)
 
+    def unlearn_or_fine_prune():
+        if len(nc.flagged_labels_):  # no_trigger is unused when there is a trigger: the plain Unlearner's result
+            return dict({**(known or {}), **out}["Unlearner"], ran=False)
+        u = Unlearner(nc, random_state=0, no_trigger="fine-prune").fit(model, X, y)
+        return dict(_repair_scores(zm, u.repaired_model_), ran=True)
+
     def neuron_prune():
         p = NeuronPruner(nc).fit(model, X, y)
         return dict(_repair_scores(zm, p.repaired_model_), layer=p.layer_, n_pruned=len(p.pruned_units_),
@@ -118,10 +130,11 @@ def run_entry(zm, nc, only=None, filter_params=None):
 
     if want("FinePruner") or want("BBD"):
         timed("FinePruner", fine_prune)
-    for name, fn in (("Unlearner", unlearn), ("NeuronPruner", neuron_prune),
-                     ("ActivationFilter", activation_filter), ("BBD", bbd)):
+    for name, fn in (("Unlearner", unlearn), ("Unlearner fallback", unlearn_or_fine_prune),
+                     ("NeuronPruner", neuron_prune), ("ActivationFilter", activation_filter), ("BBD", bbd)):
         if want(name):
             timed(name, fn)
+
     return out
 
 
@@ -132,10 +145,11 @@ def run(spec, cache, done, only, filter_params=None):
     entry.update(name=spec.name, data=spec.data, arch=spec.arch, attack=spec.attack, trigger=spec.trigger_kind,
                  targets=list(spec.target_labels), accuracy=zm.clean_accuracy, attack_success=zm.attack_success,
                  flagged=[int(v) for v in nc.flagged_labels_], nc_seconds=nc_seconds)
-    todo = [n for n in (only or ["FinePruner", "Unlearner", "NeuronPruner", "ActivationFilter", "BBD"])
+    todo = [n for n in (only or ["FinePruner", "Unlearner", "Unlearner fallback", "NeuronPruner", "ActivationFilter",
+                                 "BBD"])
             if n not in entry]
     if todo:
-        entry.update(run_entry(zm, nc, only=todo, filter_params=filter_params))
+        entry.update(run_entry(zm, nc, only=todo, filter_params=filter_params, known=entry))
     return entry
 
 
@@ -152,6 +166,8 @@ def criteria():
 
     return [
         ("Unlearner fed by NC: ASR <= 5%, <= 3 pts lost", 0.9, repair("Unlearner", 0.05, 0.03)),
+        ("  same with no_trigger='fine-prune'", 0.9,
+         repair("Unlearner fallback", 0.05, 0.03)),
         ("FinePruner: ASR <= 5%, <= 3 pts lost", 0.9, repair("FinePruner", 0.05, 0.03)),
         ("NeuronPruner fed by NC: ASR <= 10%, <= 5 pts lost", 0.8, repair("NeuronPruner", 0.10, 0.05)),
         ("ActivationFilter fed by NC: FNR <= 5% at FPR ~5%", 0.8,
@@ -183,8 +199,11 @@ def summary(report, rows):
     report()
     report(f"{'target (issue 13), over the infected (entry, trigger) cases':<60} {'reached':<14} goal")
     for name, goal, ok in criteria():
-        hits = [bool(ok(r, k)) for r, k in infected]
-        frac = f"{sum(hits)}/{len(hits)} = {np.mean(hits):.0%}" if hits else "-"
+        try:
+            hits = [bool(ok(r, k)) for r, k in infected]
+        except KeyError:  # a --resume file from before this defense was added
+            hits = None
+        frac = "not run" if hits is None else f"{sum(hits)}/{len(hits)} = {np.mean(hits):.0%}" if hits else "-"
         report(f"{name:<60} {frac:<14} >= {goal:.0%}")
     flagged = [r["targets"][k] in r["flagged"] for r, k in infected]
     if flagged:
@@ -193,9 +212,10 @@ def summary(report, rows):
     if clean:
         report()
         report("clean entries: accuracy lost by each repair (median, max); ActivationFilter FPR; BBD clean rejected")
-        for name in ("Unlearner", "FinePruner", "NeuronPruner"):
-            lost = [r["accuracy"] - r[name]["accuracy"] for r in clean]
-            report(f"  {name:<14} {np.median(lost):.1%}, {max(lost):.1%}")
+        for name in ("Unlearner", "Unlearner fallback", "FinePruner", "NeuronPruner"):
+            lost = [r["accuracy"] - r[name]["accuracy"] for r in clean if name in r]
+            if lost:
+                report(f"  {name:<18} {np.median(lost):.1%}, {max(lost):.1%}")
         report(f"  ActivationFilter FPR (median, max) {np.median([r['ActivationFilter']['fpr'] for r in clean]):.1%}, "
                f"{max(r['ActivationFilter']['fpr'] for r in clean):.1%}")
         report(f"  BBD clean rejected (median, max) {np.median([r['BBD']['clean_rejected'] for r in clean]):.1%}, "
