@@ -134,7 +134,6 @@ def run_entry(zm, nc, only=None, filter_params=None, known=None):
                      ("NeuronPruner", neuron_prune), ("ActivationFilter", activation_filter), ("BBD", bbd)):
         if want(name):
             timed(name, fn)
-
     return out
 
 
@@ -247,7 +246,8 @@ def main():
     specs = zoo_specs(args.split, data=args.data, arch=args.arch)
     rows = []
     for spec in specs:
-        entry = {k: v for k, v in done.get(spec.name, {}).items() if k not in args.redo}
+        redo = set(args.redo) | ({"Unlearner fallback"} if "Unlearner" in args.redo else set())
+        entry = {k: v for k, v in done.get(spec.name, {}).items() if k not in redo}
         if not args.report_only:
             params = {} if args.neuron_ranking is None else {"neuron_ranking": args.neuron_ranking}
             entry = run(spec, args.nc_cache or None, entry, None, params)
