@@ -51,14 +51,37 @@ no_trigger : {"warn", "fine-prune", "raise"}, default="warn"
     ``random_state``; it is kept in ``fallback_``), for a user who wants a
     backdoor the inspection missed removed anyway; ``"raise"`` is a
     ``ValueError``.""",
+    "validation_fraction": """\
+validation_fraction : float in [0, 0.5], default=0.2
+    Share of each class of ``X`` held out to check the fine-tuning's
+    learning rate before the fine-tuning proper: a fine-tuned model fits
+    the few hundred images it trained on, so only images it did not see
+    show what it lost. The model is fine-tuned on the rest at ``lr``, then
+    at ``lr / 3`` and ``lr / 10``, until one keeps the held-out accuracy of
+    the model before the repair (a loss counts where it exceeds the
+    accuracy budget and McNemar's test on the paired answers, two-sided
+    5%); the repaired model is then fine-tuned on all of ``X`` at that
+    rate, so where ``lr`` passes it is the model without the check. Where
+    every rate loses, the best is kept and the repair warns. ``0`` skips
+    the check. It costs one to three extra fine-tunings.""",
+    "lr_search": """\
+lr_ : float
+    The learning rate of the fine-tuning (see ``validation_fraction``).
+lr_search_ : Bunch or None
+    The learning-rate check: ``lr`` (the rates tried, in order),
+    ``validation_accuracy`` (accuracy on the held-out images of each
+    trial), ``reference_accuracy`` (the model before the repair on the
+    same images), ``n_validation`` and ``passed`` (whether the rate kept
+    lost nothing); ``None`` when the check was skipped.""",
     "repair_checks": """\
 accuracy_repaired_ : float
     Clean accuracy on ``X`` of the repaired model.
 repair_ok_ : bool
     False when the repaired model failed the checks of every repair: its
-    weights hold NaN or infinity (the fine-tuning diverged), or it lost
-    more clean accuracy on ``X`` than the budget (a :class:`~backdoorlearn.RepairWarning`
-    said so at fit).
+    weights hold NaN or infinity (the fine-tuning diverged), it lost more
+    clean accuracy on ``X`` than the budget, or the learning-rate check
+    found no rate that kept the accuracy of held-out images (a
+    :class:`~backdoorlearn.RepairWarning` said so at fit).
 repair_problems_ : list of str
     What failed the checks (empty when ``repair_ok_``).""",
     "verbose": """\

@@ -16,12 +16,18 @@ from sklearn.utils._param_validation import StrOptions
 from .._utils import check_images, check_label_value, check_labels
 from ..metrics import attack_success_rate, clean_accuracy
 from ..models import ImageClassifierNet, ModelAdapter
+from ..models._adapter import NonFiniteOutputError
 from ..models._surgery import OutputMask, UnitMask, masked_units, zero_units
 
 #: The values of the ``no_trigger`` parameter of the trigger-fed repairs.
 NO_TRIGGER = StrOptions({"warn", "fine-prune", "raise"})
 
-__all__ = ["BaseRepair", "PruningSearch", "RepairWarning", "bisect_first"]
+__all__ = ["BaseRepair", "PruningSearch", "RepairWarning", "bisect_first", "checked_learning_rate"]
+
+#: Learning rates a checked fine-tuning tries, as fractions of the ``lr`` parameter, in order.
+LR_STEPS = (1.0, 1 / 3, 1 / 10)
+#: Two-sided 5% critical value of McNemar's test (normal approximation), for the learning-rate check.
+MCNEMAR_Z = 1.96
 
 
 class RepairWarning(UserWarning):
@@ -225,6 +231,13 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
                     f"its clean accuracy on X fell from {accuracy_before:.3f} to "
                     f"{self.accuracy_repaired_:.3f}, more than the budget of {budget:g}"
                 )
+        search = getattr(self, "lr_search_", None)
+        if search is not None and not search.passed:
+            rates = ", ".join(f"{r:g}" for r in search.lr)
+            problems.append(
+                f"fine-tuned at each learning rate tried ({rates}) on all but {search.n_validation} images of X, "
+                f"it lost more than the budget on those images (best {search.validation_accuracy.max():.3f} "
+                f"against {search.reference_accuracy:.3f} before the repair); lr={self.lr_:g} was kept")
         self.repair_problems_ = problems
         self.repair_ok_ = not problems
         if problems:
@@ -297,6 +310,96 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
         self.accuracy_before_, _ = search(0)
         self.accuracy_pruned_, self.attack_success_pruned_ = search(k)
         self.pruning_curve_ = search.curve()
+
+
+def _validation_split(y, fraction, seed):
+    """``(fit rows, check rows)``: a stratified split of ``y``, or ``None`` when too small to check.
+
+    Each class keeps at least one row on the fitting side; a class with one
+    row is not checked.
+    """
+    rng = np.random.RandomState(seed)
+    fit, check = [], []
+    for label in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == label))
+        n_check = min(int(round(fraction * len(rows))), len(rows) - 1)
+        check.extend(rows[:n_check])
+        fit.extend(rows[n_check:])
+    if not check:
+        return None
+    return np.sort(np.array(fit)), np.sort(np.array(check))
+
+
+def checked_learning_rate(train, reference, X, y, *, lr, fraction, tolerance, seed):
+    """The fine-tuning learning rate that keeps accuracy on data the fine-tuning did not see.
+
+    A few hundred images are too few to see over-fitting on the data
+    trained on (a fine-tuned model fits them all): the check holds out a
+    stratified ``fraction`` of ``X``, fine-tunes on the rest at each rate of
+    ``lr * LR_STEPS`` in turn, and keeps the first that has not lost
+    accuracy on the held-out rows against ``reference`` (the model before
+    the repair) on the same rows; where every rate lost, the one with the
+    best held-out accuracy. A rate has lost when its held-out accuracy is
+    more than ``tolerance`` below the reference's *and* the loss is beyond
+    the noise of so few rows: McNemar's test on the paired answers (rows
+    only the reference gets right against rows only the fine-tuned model
+    gets right, two-sided 5%). The caller then fine-tunes on all of ``X``
+    at the rate kept.
+
+    Parameters
+    ----------
+    train : callable
+        ``train(rows, lr, seed)`` returns the model fine-tuned on ``X[rows]``
+        at ``lr`` (anything with ``predict``).
+    reference : callable
+        ``reference(X)`` returns the labels the model before the repair predicts.
+    X, y : ndarray
+        The defender's clean images and labels.
+    lr : float
+        The first rate tried.
+    fraction : float
+        Share of each class held out; ``0`` skips the check.
+    tolerance : float
+        Accuracy (a rate) the fine-tuning may lose on the held-out rows.
+    seed : int
+        Seed of the split and of the trial fine-tunings.
+
+    Returns
+    -------
+    lr : float
+        The rate kept (``lr`` itself when the check is skipped).
+    search : Bunch or None
+        ``lr`` (the rates tried), ``validation_accuracy`` (held-out accuracy
+        of each), ``reference_accuracy``, ``n_validation`` and ``passed``
+        (whether the rate kept met the tolerance); ``None`` when skipped
+        (``fraction=0``, or a set too small to hold rows out).
+    """
+    split = None if fraction <= 0 else _validation_split(y, fraction, seed)
+    if split is None:
+        return lr, None
+    fit_rows, check_rows = split
+    X_check, y_check = X[check_rows], y[check_rows]
+    right_before = reference(X_check) == y_check
+    base = float(right_before.mean())
+    tried, scores, lost = [], [], []
+    for step in LR_STEPS:
+        rate = lr * step
+        trial = ModelAdapter(train(fit_rows, rate, seed), defense="the learning-rate check")
+        try:
+            right = trial.predict(X_check) == y_check
+        except NonFiniteOutputError:  # the trial diverged: it answers nothing right
+            right = np.zeros(len(y_check), dtype=bool)
+        tried.append(rate)
+        scores.append(float(right.mean()))
+        # McNemar's test on the paired answers: a loss counts only beyond the noise of so few rows
+        worse, better = int((right_before & ~right).sum()), int((right & ~right_before).sum())
+        lost.append(base - scores[-1] > tolerance + 1e-12 and worse - better > MCNEMAR_Z * np.sqrt(worse + better))
+        if not lost[-1]:
+            break
+    passed = not lost[-1]
+    kept = len(scores) - 1 if passed else int(np.argmax(scores))
+    return tried[kept], Bunch(lr=np.array(tried), validation_accuracy=np.array(scores), reference_accuracy=base,
+                              n_validation=len(check_rows), passed=bool(passed))
 
 
 def bisect_first(n_max, done):

@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, torch_seed
 from ..models._training import fine_tune
-from ._base import NO_TRIGGER, BaseRepair
+from ._base import NO_TRIGGER, BaseRepair, checked_learning_rate
 
 __all__ = ["Unlearner"]
 
@@ -50,6 +50,7 @@ class Unlearner(BaseRepair):
         the held-out entries the benchmarks report played no part): with
         NeuralCleanse's reversed triggers, the lower rate left the backdoor
         in more models.
+    {validation_fraction}
     {train_batch_size}
     {batch_size}
     {device}
@@ -74,6 +75,7 @@ class Unlearner(BaseRepair):
         The repair that ran instead, with ``no_trigger="fine-prune"``.
     accuracy_before_ : float
         Clean accuracy on ``X`` of the model before unlearning.
+    {lr_search}
     {repair_checks}
     input_shape_ : tuple of int
         ``(C, H, W)`` of the images seen at fit.
@@ -117,6 +119,7 @@ class Unlearner(BaseRepair):
         "stamp_fraction": [Interval(numbers.Real, 0, 1, closed="both")],
         "fine_tune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "validation_fraction": [Interval(numbers.Real, 0, 0.5, closed="both")],
         "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": DEVICE_CONSTRAINT,
@@ -125,13 +128,14 @@ class Unlearner(BaseRepair):
         "verbose": ["verbose"],
     }
 
-    def __init__(self, triggers, stamp_fraction=0.2, fine_tune_epochs=20, lr=5e-3, train_batch_size=16,
-                 batch_size=256, device=None, no_trigger="warn", random_state=None, verbose=0):
+    def __init__(self, triggers, stamp_fraction=0.2, fine_tune_epochs=20, lr=5e-3, validation_fraction=0.2,
+                 train_batch_size=16, batch_size=256, device=None, no_trigger="warn", random_state=None, verbose=0):
         self.triggers = triggers
         self.no_trigger = no_trigger
         self.stamp_fraction = stamp_fraction
         self.fine_tune_epochs = fine_tune_epochs
         self.lr = lr
+        self.validation_fraction = validation_fraction
         self.train_batch_size = train_batch_size
         self.batch_size = batch_size
         self.device = device
@@ -143,6 +147,8 @@ class Unlearner(BaseRepair):
         if fallback is not None:
             self.triggers_, self.target_labels_ = [], []
             self.stamped_mask_ = np.zeros(len(X), dtype=bool)
+            self.lr_ = getattr(self.fallback_, "lr_", None)  # None: the model was copied unchanged
+            self.lr_search_ = getattr(self.fallback_, "lr_search_", None)
             return fallback
         rng = check_random_state(self.random_state)
 
@@ -156,9 +162,19 @@ class Unlearner(BaseRepair):
                 X_train[part] = trigger.apply(X[part])
                 stamped[part] = True
 
-        net = fine_tune(adapter.module_copy(), X_train, y, classes, epochs=self.fine_tune_epochs, lr=self.lr,
-                        batch_size=self.train_batch_size, device=adapter.device,
-                        seed=torch_seed(rng), verbose=self.verbose, desc="unlearning")
+        seed = torch_seed(rng)
+
+        def train(rows, lr, seed, verbose=0, desc="unlearning check"):
+            return fine_tune(adapter.module_copy(), X_train[rows], y[rows], classes, epochs=self.fine_tune_epochs,
+                             lr=lr, batch_size=self.train_batch_size, device=adapter.device, seed=seed,
+                             verbose=verbose, desc=desc)
+
+        self.lr_, self.lr_search_ = self.lr, None
+        if self.fine_tune_epochs > 0:
+            self.lr_, self.lr_search_ = checked_learning_rate(
+                train, adapter.predict, X, y, lr=self.lr, fraction=self.validation_fraction,
+                tolerance=self._default_accuracy_budget, seed=seed)
+        net = train(np.arange(len(X)), self.lr_, seed, verbose=self.verbose, desc="unlearning")
         self.triggers_ = [t for t, _ in pairs]
         self.target_labels_ = [label for _, label in pairs]
         self.stamped_mask_ = stamped
