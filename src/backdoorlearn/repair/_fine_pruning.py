@@ -234,7 +234,8 @@ class FinePruner(BaseRepair):
     in it uses a trigger or the target label). ``fine_tune_epochs=30,
     lr_schedule="constant", label_smoothing=0, max_shift=0, noise_std=0,
     weight_decay=0`` is the paper's plain fine-tuning with AdamW in place
-    of SGD. ``benchmarks/bench_repairs.py`` measures both
+    of SGD. The learning-rate check (``validation_fraction``) is also this
+    library's; ``validation_fraction=0`` leaves it out. ``benchmarks/bench_repairs.py`` measures both
     (``benchmarks/results/repairs.txt``).
 
     References

@@ -94,7 +94,8 @@ class Unlearner(BaseRepair):
 
     Deviation from the paper: 20 epochs on the defender's hold-out instead
     of one epoch on 10% of the training set (see ``fine_tune_epochs``); the
-    optimizer and its rate are this library's choice (see ``lr``).
+    optimizer and its rate are this library's choice (see ``lr``), and so is
+    the learning-rate check (``validation_fraction=0`` leaves it out).
 
     References
     ----------
