@@ -48,18 +48,23 @@ TARGET_ASR, TARGET_DROP = 0.05, 0.03
 
 
 def _params(variant, nc):
+    """The variant's Unlearner parameters, the learning-rate check off unless it names it (None: not run)."""
+    params = _variant_params(variant, nc)
+    return None if params is None else {"validation_fraction": 0.0, **params}
+
+
+def _variant_params(variant, nc):
     spec = VARIANTS[variant]
     flagged = list(nc.flagged_labels_)
     if spec == "per-trigger":
-        return dict(triggers=nc, stamp_fraction=min(0.6, 0.2 * max(1, len(flagged))), lr=2e-3,
-                    validation_fraction=0.0)
+        return dict(triggers=nc, stamp_fraction=min(0.6, 0.2 * max(1, len(flagged))), lr=2e-3)
     if spec == "binarized":
         if not flagged:
             return None
         triggers = {label: nc.reversed_triggers_[label] for label in flagged}
         return dict(triggers={label: Trigger((t.mask > 0.5 * t.mask.max()).astype(np.float32), t.pattern)
-                              for label, t in triggers.items()}, lr=2e-3, validation_fraction=0.0)
-    return dict(triggers=nc, **{"validation_fraction": 0.0, **spec})
+                              for label, t in triggers.items()}, lr=2e-3)
+    return dict(triggers=nc, **spec)
 
 
 def _meets(row, variant):

@@ -193,6 +193,24 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
     #: Clean accuracy a repair may lose on ``X`` when it has no ``max_accuracy_drop`` parameter.
     _default_accuracy_budget = 0.05
 
+    def _accuracy_budget(self):
+        """Clean accuracy the repair may lose: ``max_accuracy_drop`` where it has one."""
+        return float(self.get_params(deep=False).get("max_accuracy_drop", self._default_accuracy_budget))
+
+    def _checked_fine_tune(self, train, reference, X, y, seed):
+        """Fine-tune on all of ``X`` at the rate :func:`checked_learning_rate` keeps; set ``lr_``, ``lr_search_``.
+
+        ``train(rows, lr, seed, verbose)`` fine-tunes a fresh copy on
+        ``X[rows]``; the trials run silent, the final fine-tuning with the
+        repair's ``verbose``. No check without fine-tuning epochs.
+        """
+        self.lr_, self.lr_search_ = self.lr, None
+        if self.fine_tune_epochs > 0:
+            self.lr_, self.lr_search_ = checked_learning_rate(
+                lambda rows, lr, trial_seed: train(rows, lr, trial_seed, 0), reference, X, y, lr=self.lr,
+                fraction=self.validation_fraction, tolerance=self._accuracy_budget(), seed=seed)
+        return train(slice(None), self.lr_, seed, self.verbose)
+
     def _check_work(self, X, n_classes):
         """Refuse, before any work, what would make the repair meaningless."""
         name = type(self).__name__
@@ -224,7 +242,7 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
             # through the adapter, not skorch's predict, whose DataLoader draws from torch's global generator
             repaired = ModelAdapter(self.repaired_model_, defense=name, batch_size=self.batch_size)
             self.accuracy_repaired_ = float(clean_accuracy(y, repaired.predict(X)))
-            budget = float(self.get_params(deep=False).get("max_accuracy_drop", self._default_accuracy_budget))
+            budget = self._accuracy_budget()
             lost = accuracy_before - self.accuracy_repaired_
             if lost > budget + 1e-12:
                 problems.append(
@@ -350,7 +368,7 @@ def checked_learning_rate(train, reference, X, y, *, lr, fraction, tolerance, se
     ----------
     train : callable
         ``train(rows, lr, seed)`` returns the model fine-tuned on ``X[rows]``
-        at ``lr`` (anything with ``predict``).
+        at ``lr`` (a module or a skorch net).
     reference : callable
         ``reference(X)`` returns the labels the model before the repair predicts.
     X, y : ndarray

@@ -15,7 +15,7 @@ from torch import nn
 from ..models._structure import CONV_LAYERS
 from ..models._surgery import unit_activations, unit_site
 from ..models._training import ShiftOrNoise, fine_tune
-from ._base import LR_STEPS, BaseRepair, PruningSearch, checked_learning_rate
+from ._base import BaseRepair, PruningSearch
 
 __all__ = ["FinePruner"]
 
@@ -403,22 +403,16 @@ class FinePruner(BaseRepair):
         augment = None
         if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
             augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
-        seed = torch_seed(rng)
 
-        def train(rows, lr, seed, verbose=0, desc="fine-pruning check"):
+        def train(rows, lr, seed, verbose):
             module, mask = search.pruned_copy(k)
             return fine_tune(module, X[rows], y[rows], classes, epochs=self.fine_tune_epochs, lr=lr,
                              batch_size=self.train_batch_size, device=work.device, seed=seed,
-                             verbose=verbose, callbacks=[mask], desc=desc,
+                             verbose=verbose, callbacks=[mask], desc="fine-pruning",
                              weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
                              label_smoothing=self.label_smoothing, augment=augment)
 
-        self.lr_, self.lr_search_ = self.lr, None
-        if self.fine_tune_epochs > 0:
-            self.lr_, self.lr_search_ = checked_learning_rate(
-                train, work.predict, X, y, lr=self.lr, fraction=self.validation_fraction,
-                tolerance=self.max_accuracy_drop, seed=seed)
-        net = train(np.arange(len(X)), self.lr_, seed, verbose=self.verbose, desc="fine-pruning")
+        net = self._checked_fine_tune(train, work.predict, X, y, seed=torch_seed(rng))
 
         self._record_pruning(search, k)
         self.unit_scores_ = scores

@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, torch_seed
 from ..models._training import fine_tune
-from ._base import NO_TRIGGER, BaseRepair, checked_learning_rate
+from ._base import NO_TRIGGER, BaseRepair
 
 __all__ = ["Unlearner"]
 
@@ -163,19 +163,12 @@ class Unlearner(BaseRepair):
                 X_train[part] = trigger.apply(X[part])
                 stamped[part] = True
 
-        seed = torch_seed(rng)
-
-        def train(rows, lr, seed, verbose=0, desc="unlearning check"):
+        def train(rows, lr, seed, verbose):
             return fine_tune(adapter.module_copy(), X_train[rows], y[rows], classes, epochs=self.fine_tune_epochs,
                              lr=lr, batch_size=self.train_batch_size, device=adapter.device, seed=seed,
-                             verbose=verbose, desc=desc)
+                             verbose=verbose, desc="unlearning")
 
-        self.lr_, self.lr_search_ = self.lr, None
-        if self.fine_tune_epochs > 0:
-            self.lr_, self.lr_search_ = checked_learning_rate(
-                train, adapter.predict, X, y, lr=self.lr, fraction=self.validation_fraction,
-                tolerance=self._default_accuracy_budget, seed=seed)
-        net = train(np.arange(len(X)), self.lr_, seed, verbose=self.verbose, desc="unlearning")
+        net = self._checked_fine_tune(train, adapter.predict, X, y, seed=torch_seed(rng))
         self.triggers_ = [t for t, _ in pairs]
         self.target_labels_ = [label for _, label in pairs]
         self.stamped_mask_ = stamped
