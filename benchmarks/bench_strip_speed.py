@@ -26,8 +26,11 @@ Models: the embedded digits benchmark (``make_backdoor_benchmark("digits")``,
 ``--signs``, 32x32 colour; the signs entry is scored with
 ``clip_range=None``, the setting under which STRIP works on it, see
 ``benchmarks/results/bench_strip_clip.txt``). If IBM ART is importable
-(never a dependency of this library), ART's STRIP is timed on the same model
-and inputs.
+(``pip install -e ".[bench]"``; never a dependency of the library), ART's
+STRIP (``art.defences.transformer.poisoning.STRIP``, which loops over the
+inputs, one model call of N blends each) is timed on the same model, with a
+softmax appended since ART takes the entropy of the classifier's output, and
+the same inputs, after its ``mitigate`` on the same pool.
 
     python benchmarks/bench_strip_speed.py [--threads 1] [--n-inputs 500] [--repeats 3]
 """
@@ -35,6 +38,7 @@ and inputs.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -89,14 +93,17 @@ def rank_sizes(module, images, out):
 
 def art_time(module, pool, X, n_classes, N, repeats):
     """ART's STRIP (``art.defences.transformer.poisoning.STRIP``) on the same inputs, or None."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # ART's mitigate draws a progress bar
     try:
         from art.defences.transformer.poisoning import STRIP as ArtSTRIP
         from art.estimators.classification import PyTorchClassifier
     except ImportError:
         return None
-    clf = PyTorchClassifier(model=module, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(X.shape[1:]),
+    # ART's STRIP takes the entropy of what the classifier predicts: it must output probabilities
+    proba = torch.nn.Sequential(module, torch.nn.Softmax(dim=1)).eval()
+    clf = PyTorchClassifier(model=proba, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(X.shape[1:]),
                             nb_classes=n_classes, clip_values=(0.0, 1.0))
-    defended = ArtSTRIP(clf, num_samples=N, false_acceptance_rate=0.01)()
+    defended = ArtSTRIP(clf)(num_samples=N, false_acceptance_rate=0.01)
     defended.mitigate(pool)
     return best_of(lambda: defended.predict(X), repeats)
 

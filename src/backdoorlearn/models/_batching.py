@@ -66,16 +66,24 @@ def clear_cache():
         _CACHE.clear()
 
 
-def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3, sync=None):
+def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3, sync=None,
+                 refine_within=0.25):
     """The candidate size with the least time per item, from a short timing probe.
 
     Each size gets one warm-up call (allocations, kernel selection), then up to
     ``repeats`` timed calls; the best of them counts, as timings are only ever
-    slowed by noise. Sizes are tried from the smallest up, and the probe stops
+    slowed by noise. Sizes are tried from the smallest up, and the sweep stops
     once ``budget_s`` seconds are spent (the sizes not reached are not chosen),
     or once two sizes in a row are more than 1.5 times slower per item than
     the best so far (larger ones are not expected to recover on a CPU; on a
     GPU per-item time falls with size and every size is tried).
+
+    The sweep times each size in its own moment, so a burst of load from
+    another process can make the wrong one of two close sizes win. The sizes
+    within ``refine_within`` of the best are therefore timed again, in turns
+    (one call of each per round, so a load change hits them all), for up to
+    ``repeats`` more rounds and another ``budget_s`` seconds, and each keeps
+    its best time of the sweep and the rounds.
 
     Parameters
     ----------
@@ -92,6 +100,9 @@ def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3,
         Timed calls per size.
     sync : callable or None, default=None
         Called before each clock read (``torch.cuda.synchronize`` on a GPU).
+    refine_within : float, default=0.25
+        Sizes whose time per item is within this fraction of the best are
+        timed again in turns; ``0`` skips the second look.
 
     Returns
     -------
@@ -116,6 +127,13 @@ def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3,
         if hit is not None:
             return hit
     sync = sync or (lambda: None)
+    def timed(size):
+        sync()
+        t0 = time.perf_counter()
+        run(size)
+        sync()
+        return (time.perf_counter() - t0) / size
+
     timings, slower = {}, 0
     start = time.perf_counter()
     for size in sizes:
@@ -124,16 +142,19 @@ def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3,
         run(size)  # warm-up
         best = float("inf")
         for _ in range(max(1, repeats)):
-            sync()
-            t0 = time.perf_counter()
-            run(size)
-            sync()
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, timed(size))
             if time.perf_counter() - start > budget_s:
                 break
-        timings[size] = best / size
+        timings[size] = best
         slower = slower + 1 if timings[size] > 1.5 * min(timings.values()) else 0
         if slower == 2:
+            break
+    close = [s for s in timings if timings[s] <= (1 + refine_within) * min(timings.values())]
+    start = time.perf_counter()
+    for _ in range(max(1, repeats) if len(close) > 1 else 0):
+        for size in close:
+            timings[size] = min(timings[size], timed(size))
+        if time.perf_counter() - start > budget_s:
             break
     choice = (min(timings, key=timings.get), timings)
     if key is not None:
