@@ -228,13 +228,18 @@ class STRIPDetector(BaseDetector):
     stopping_round, ...`` blends of an input, the running mean ``m_k`` and
     standard deviation ``s_k`` of its normalized blend entropies are
     compared with the threshold ``t``: the input stops once ``|m_k - t| >
-    stopping_z * max(s_k, |t|) / sqrt(k)`` (for ``m_k < t``, a flag, only
-    from ``k = 2 * stopping_round`` on), and its score is ``m_k``. The
+    stopping_z * max(s_k, |t|) * sqrt((1 - k / N) / k)`` (for ``m_k < t``,
+    a flag, only from ``k = 2 * stopping_round`` on), and its score is
+    ``m_k``. The question is whether the ``N - k`` blends not drawn could
+    still carry the fixed-``N`` mean across ``t``: given the first ``k``,
+    that mean's standard error is ``s_k * sqrt((1 - k / N) / k)`` (the
+    finite-population correction of the running mean's ``s_k / sqrt(k)``),
+    so late looks stop sooner than a test of the true mean would. The
     floor ``|t|`` on ``s_k`` and the later first look at a flag keep a clean
     input whose first blends all happen to be confident from being flagged
     before the rare ambiguous blends that lift its mean over ``t`` had a
     chance to appear. The defaults were chosen on the model zoo's
-    development entries. An input that never stops gets all
+    development entries (``benchmarks/bench_strip_stopping.py``). An input that never stops gets all
     ``n_perturbations`` blends and the fixed-``N`` score (the same overlays,
     in the same order, summed the same way); every input is tested on its
     own, so its answer does not depend on the other inputs of the call.
@@ -506,7 +511,7 @@ class STRIPDetector(BaseDetector):
     def _stopped(self, H, k, threshold):
         """Which rows of ``H[:, :k]`` (normalized entropies) are far enough from ``threshold`` to stop.
 
-        ``|mean - threshold| > stopping_z * max(std, |threshold|) / sqrt(k)``,
+        ``|mean - threshold| > stopping_z * max(std, |threshold|) * sqrt((1 - k / N) / k)``,
         and for a mean below the threshold (a flag) ``k >= 2 *
         stopping_round``. A clean input can have a few rare high-entropy
         blends that its first ones miss: they are then all near 0 (sample std
@@ -519,7 +524,9 @@ class STRIPDetector(BaseDetector):
         mean = H[:, :k].mean(axis=1)
         std = H[:, :k].std(axis=1, ddof=1) if k > 1 else np.zeros(len(H))
         std = np.maximum(std, abs(threshold))
-        far = np.abs(mean - threshold) > self.stopping_z * std / math.sqrt(k)
+        # the standard error of the fixed-N mean given these k blends (finite-population correction)
+        se = std * math.sqrt(max(0.0, 1.0 - k / self.n_perturbations) / k)
+        far = np.abs(mean - threshold) > self.stopping_z * se
         return far & ((mean > threshold) | (k >= 2 * self.stopping_round))
 
     def _entropy(self, X, exclude, *, adaptive):
