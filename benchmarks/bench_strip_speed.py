@@ -47,7 +47,7 @@ from _report import parse
 from sklearn.base import clone
 
 from backdoorlearn import STRIPDetector, make_backdoor_benchmark
-from backdoorlearn.datasets import load_zoo_model, zoo_specs
+from backdoorlearn.datasets import load_zoo_model
 from backdoorlearn.metrics import false_acceptance_rate, false_rejection_rate
 from backdoorlearn.models._batching import DEFAULT_SIZES
 
@@ -183,24 +183,6 @@ def models(args):
                zm.X_defender, zm.X_test, X_trig, params)
 
 
-def held_out_quality(args, out):
-    """Early stopping against fixed N=100 on held-out entries, the defaults' generalization check."""
-    torch.set_num_threads(args.threads)
-    names = args.held_out or [s.name for s in zoo_specs("held-out", data=["mnist5k", "signs"]) if s.attack != "clean"]
-    out("# early stopping's defaults were chosen on development entries; these held-out entries only score them.")
-    start, met = time.perf_counter(), 0
-    for name in names:
-        zm = load_zoo_model(name)
-        params = {"clip_range": None} if zm.spec.data == "signs" else {}
-        out(f"== {name} ({zm.spec.trigger_kind}){', clip_range=None' if params else ''}")
-        for k in range(len(zm.truth.triggers)):
-            X_trig, _ = zm.triggered_test(k)  # the entry's truth: only to score
-            met += quality(out, zm.model, zm.X_defender, zm.X_test, X_trig, params)
-    out(f"early stopping met the goal on {met} of the (entry, trigger) cases above")
-    out(f"(whole run: {time.perf_counter() - start:.0f} s)")
-    out.save()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -210,12 +192,7 @@ def main():
     parser.add_argument("--signs", default="dev-signs-vgg-patch", help="32x32 zoo entry")
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
-    parser.add_argument("--held-out", nargs="*", default=None, metavar="ENTRY",
-                        help="only the early-stopping quality, on these held-out zoo entries (none named: every "
-                             "infected held-out mnist5k and signs entry); nothing was tuned on them")
     args, out = parse(parser, "strip_speed")
-    if args.held_out is not None:
-        return held_out_quality(args, out)
     torch.set_num_threads(args.threads)
     out("# wall-clock timings on a machine shared with other jobs: ratios are measured in one run,")
     out("# best of --repeats runs, STRIP and its floor interleaved.")
