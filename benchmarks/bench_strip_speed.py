@@ -38,7 +38,6 @@ the same inputs, after its ``mitigate`` on the same pool.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -93,7 +92,6 @@ def rank_sizes(module, images, out):
 
 def art_time(module, pool, X, n_classes, N, repeats):
     """ART's STRIP (``art.defences.transformer.poisoning.STRIP``) on the same inputs, or None."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # ART's mitigate draws a progress bar
     try:
         from art.defences.transformer.poisoning import STRIP as ArtSTRIP
         from art.estimators.classification import PyTorchClassifier
