@@ -67,13 +67,12 @@ def entropy_table(det, X):
     return H
 
 
-def tables(spec, directory):
-    """``(threshold, clean table, [triggered table per trigger])`` of an entry, from the cache if there."""
-    path = Path(directory) / f"{spec.name}.npz"
+def tables(zm, directory):
+    """``(threshold, clean table, [triggered table per trigger])`` of a zoo model, from the cache if there."""
+    path = Path(directory) / f"{zm.spec.name}.npz"
     if path.exists():
         d = np.load(path)
         return float(d["threshold"]), d["clean"], [d[f"trig{k}"] for k in range(len(d.files) - 2)]
-    zm = load_zoo_model(spec.name)
     det = detector(zm)
     trig = [entropy_table(det, zm.triggered_test(k)[0]) for k in range(len(zm.truth.triggers))]  # truth: only to score
     clean = entropy_table(det, zm.X_test)
@@ -140,9 +139,9 @@ def main():
     for spec in zoo_specs(args.split, data=args.data):
         if spec.attack == "clean":
             continue
-        t, clean, trig = tables(spec, args.tables)
-        # the replay of the default rule is the implementation's answer, input by input
         zm = load_zoo_model(spec.name)
+        t, clean, trig = tables(zm, args.tables)
+        # the replay of the default rule is the implementation's answer, input by input
         det = detector(zm, early_stopping=True)
         for X, H in [(zm.X_test, clean)] + [(zm.triggered_test(k)[0], T) for k, T in enumerate(trig)]:
             s_impl, c_impl = det.score_samples_and_counts(X)
