@@ -135,7 +135,8 @@ def main():
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cases = []
-    out(f"== early-stopping rules replayed on the fixed N={N} entropy tables of the {args.split} zoo's infected entries")
+    out(f"== early-stopping rules replayed on the fixed N={N} entropy tables of the {args.split} zoo's "
+        "infected entries")
     for spec in zoo_specs(args.split, data=args.data):
         if spec.attack == "clean":
             continue

@@ -239,10 +239,11 @@ class STRIPDetector(BaseDetector):
     input whose first blends all happen to be confident from being flagged
     before the rare ambiguous blends that lift its mean over ``t`` had a
     chance to appear. The defaults were chosen on the model zoo's
-    development entries (``benchmarks/bench_strip_stopping.py``). An input that never stops gets all
-    ``n_perturbations`` blends and the fixed-``N`` score (the same overlays,
-    in the same order, summed the same way); every input is tested on its
-    own, so its answer does not depend on the other inputs of the call.
+    development entries (``benchmarks/bench_strip_stopping.py``). An input
+    that never stops gets all ``n_perturbations`` blends and the fixed-``N``
+    score (the same overlays, in the same order, summed the same way);
+    every input is tested on its own, so its answer does not depend on the
+    other inputs of the call.
 
     References
     ----------
