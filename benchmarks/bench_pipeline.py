@@ -5,9 +5,11 @@ For every entry of the split, with only what a defender has (the model, its clea
 
 1. ``NeuralCleanse(random_state=0)`` over all labels (the defaults);
 2. fed with that fitted NeuralCleanse, on the same model and data:
-   ``Unlearner(nc, random_state=0)``, ``NeuronPruner(nc)``, ``ActivationFilter(model, nc)``,
-   and ``Unlearner(nc, random_state=0, no_trigger="fine-prune")`` (run only where NeuralCleanse
-   flagged nothing: elsewhere it is the plain Unlearner by construction);
+   ``Unlearner(nc, random_state=0, no_trigger="warn")`` (the model unchanged where
+   NeuralCleanse flagged nothing), ``NeuronPruner(nc)``, ``ActivationFilter(model, nc)``,
+   and ``Unlearner(nc, random_state=0)``, whose default ``no_trigger="fine-prune"`` repairs
+   with FinePruner where NeuralCleanse flagged nothing (run only there: elsewhere it is the
+   first Unlearner by construction);
 3. ``FinePruner(random_state=0)`` (needs no trigger);
 4. targeted ``BimodelClassifier(model, fine-pruned model, target_labels=nc.flagged_labels_)``
    (which cross-examines every input when NeuralCleanse flagged nothing).
@@ -98,12 +100,13 @@ def run_entry(zm, nc, only=None, filter_params=None, known=None):
         return _repair_scores(zm, fp.repaired_model_)
 
     def unlearn():
-        return _repair_scores(zm, Unlearner(nc, random_state=0).fit(model, X, y).repaired_model_)
+        u = Unlearner(nc, random_state=0, no_trigger="warn").fit(model, X, y)
+        return _repair_scores(zm, u.repaired_model_)
 
     def unlearn_or_fine_prune():
         if len(nc.flagged_labels_):  # no_trigger is unused when there is a trigger: the plain Unlearner's result
             return dict({**(known or {}), **out}["Unlearner"], ran=False)
-        u = Unlearner(nc, random_state=0, no_trigger="fine-prune").fit(model, X, y)
+        u = Unlearner(nc, random_state=0).fit(model, X, y)  # no_trigger="fine-prune", the default
         return dict(_repair_scores(zm, u.repaired_model_), ran=True)
 
     def neuron_prune():
@@ -164,8 +167,8 @@ def criteria():
         return lambda r, k: (r[name]["attack_success"][k] <= asr and r["accuracy"] - r[name]["accuracy"] <= lost)
 
     return [
-        ("Unlearner fed by NC: ASR <= 5%, <= 3 pts lost", 0.9, repair("Unlearner", 0.05, 0.03)),
-        ("  same with no_trigger='fine-prune'", 0.9,
+        ("Unlearner fed by NC, no_trigger='warn': ASR <= 5%, <= 3 pts", 0.9, repair("Unlearner", 0.05, 0.03)),
+        ("  same, no_trigger='fine-prune' (the default)", 0.9,
          repair("Unlearner fallback", 0.05, 0.03)),
         ("FinePruner: ASR <= 5%, <= 3 pts lost", 0.9, repair("FinePruner", 0.05, 0.03)),
         ("NeuronPruner fed by NC: ASR <= 10%, <= 5 pts lost", 0.8, repair("NeuronPruner", 0.10, 0.05)),

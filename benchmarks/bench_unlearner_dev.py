@@ -7,7 +7,10 @@ the held-out ones that ``bench_pipeline.py`` reports. Every infected entry's
 target when its attack success on the test set is <= 5% and the clean accuracy
 lost is <= 3 points (issue 13's Unlearner target). The variants were measured
 before Unlearner checked its learning rate and run with ``validation_fraction=0``,
-except the one named for the check (today's default).
+except the one named for the check (today's default), and all of them before
+``no_trigger="fine-prune"`` became the default, so with ``no_trigger="warn"``:
+where NeuralCleanse flagged nothing the model stays as it was (the fallback is
+scored from FinePruner's own benchmark, ``bench_lr_check.py``).
 
     python benchmarks/bench_unlearner_dev.py [--data digits mnist5k signs] [--variants ...] [--resume F]
 
@@ -50,7 +53,7 @@ TARGET_ASR, TARGET_DROP = 0.05, 0.03
 def _params(variant, nc):
     """The variant's Unlearner parameters, the learning-rate check off unless it names it (None: not run)."""
     params = _variant_params(variant, nc)
-    return None if params is None else {"validation_fraction": 0.0, **params}
+    return None if params is None else {"validation_fraction": 0.0, "no_trigger": "warn", **params}
 
 
 def _variant_params(variant, nc):

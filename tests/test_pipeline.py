@@ -76,7 +76,7 @@ def clean_nc(digits_bench):
 def test_repair_fed_nothing_returns_the_model_unchanged_with_a_warning(repair, digits_bench, clean_nc):
     b = digits_bench
     with pytest.warns(UserWarning, match=f"{repair.__name__}: the NeuralCleanse given as triggers flagged no label"):
-        r = repair(clean_nc).fit(b.clean_model, b.X_holdout, b.y_holdout)
+        r = repair(clean_nc, no_trigger="warn").fit(b.clean_model, b.X_holdout, b.y_holdout)
     assert r.n_triggers_ == 0 and r.fallback_ is None and r.repair_ok_
     assert model_fingerprint(r.repaired_model_) == model_fingerprint(b.clean_model)
     assert r.repaired_model_ is not b.clean_model
@@ -85,6 +85,8 @@ def test_repair_fed_nothing_returns_the_model_unchanged_with_a_warning(repair, d
 @pytest.mark.parametrize("repair", [Unlearner, NeuronPruner])
 def test_repair_fed_nothing_can_fall_back_to_fine_pruning(repair, digits_bench, clean_nc):
     b = digits_bench
+    # Unlearner's default; NeuronPruner, without a random_state for the fallback, defaults to "warn"
+    assert repair(clean_nc).no_trigger == ("fine-prune" if repair is Unlearner else "warn")
     with pytest.warns(UserWarning, match="repairing with FinePruner"):
         r = repair(clean_nc, no_trigger="fine-prune").fit(b.backdoored_model, b.X_holdout, b.y_holdout)
     assert isinstance(r.fallback_, FinePruner) and r.fallback_.prune_ratio_ > 0

@@ -40,17 +40,6 @@ triggers : Trigger, list of Trigger, dict or fitted NeuralCleanse
     unfitted copy of a ``NeuralCleanse``: pass the dict
     ``{k: nc.reversed_triggers_[k] for k in nc.flagged_labels_}`` to clone
     it.""",
-    "no_trigger": """\
-no_trigger : {"warn", "fine-prune", "raise"}, default="warn"
-    What to do when ``triggers`` is a fitted NeuralCleanse that flagged no
-    label (the model looked clean to it): ``"warn"`` returns an unchanged
-    copy of the model with a warning (``n_triggers_ = 0``), so a pipeline
-    run on a clean model leaves it as it is; ``"fine-prune"`` repairs with
-    :class:`~backdoorlearn.FinePruner` instead, the repair that needs no
-    trigger (with this repair's ``batch_size``, ``device`` and
-    ``random_state``; it is kept in ``fallback_``), for a user who wants a
-    backdoor the inspection missed removed anyway; ``"raise"`` is a
-    ``ValueError``.""",
     "validation_fraction": """\
 validation_fraction : float in [0, 0.5], default=0.2
     Share of each class of ``X`` held out to check the fine-tuning's
@@ -99,6 +88,32 @@ flagged inputs, and ``predict`` returns **1 for a flagged (trojaned)
 input and 0 for an accepted one**, so scikit-learn metrics and scorers
 (``"recall"``, ``"f1"``) treat "trojaned" as the positive class.""",
 }
+
+_NO_TRIGGER = """\
+    What to do when ``triggers`` is a fitted NeuralCleanse that flagged no
+    label (the model looked clean to it): ``"fine-prune"`` repairs with
+    :class:`~backdoorlearn.FinePruner` instead, the repair that needs no
+    trigger (with this repair's ``batch_size``, ``device`` and, where it
+    has one, ``random_state``; it is kept in ``fallback_``), with a warning;
+    ``"warn"`` returns an unchanged copy of the model with a warning
+    (``n_triggers_ = 0``), for a user who repairs only what the inspection
+    found; ``"raise"`` is a ``ValueError``."""
+
+#: ``no_trigger`` of Unlearner, whose default falls back to FinePruner.
+SHARED["no_trigger"] = """\
+no_trigger : {"fine-prune", "warn", "raise"}, default="fine-prune"
+""" + _NO_TRIGGER + """ The default is ``"fine-prune"``
+    because Neural Cleanse misses some backdoors (source-specific ones
+    above all) that FinePruner removes, and fine-pruning a model that was
+    clean costs it little accuracy (the user guide's repair page gives the
+    development figures)."""
+
+#: ``no_trigger`` of NeuronPruner, which has no ``random_state`` for a fallback's fine-tuning.
+SHARED["no_trigger_warn"] = """\
+no_trigger : {"warn", "fine-prune", "raise"}, default="warn"
+""" + _NO_TRIGGER + """ ``"warn"`` is the default here: this
+    repair has no ``random_state``, and the fallback's fine-tuning would
+    make its result vary from run to run."""
 
 _PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)\{(?P<name>" + "|".join(SHARED) + r")\}[ \t]*$",
                           re.MULTILINE)

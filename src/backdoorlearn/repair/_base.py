@@ -181,7 +181,8 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
             from ._fine_pruning import FinePruner
 
             warnings.warn(f"{name}: the NeuralCleanse given as triggers flagged no label; repairing with "
-                          "FinePruner, which needs no trigger (no_trigger='fine-prune').", UserWarning, stacklevel=5)
+                          "FinePruner, which needs no trigger (no_trigger='fine-prune'; 'warn' leaves the model "
+                          "unchanged).", UserWarning, stacklevel=5)
             self.fallback_ = FinePruner(batch_size=self.batch_size, device=self.device,
                                         random_state=getattr(self, "random_state", None))
             return [], self.fallback_._repair(adapter, X, y, classes, monitor=(None, None, None))

@@ -77,7 +77,7 @@ class NeuronPruner(BaseRepair):
         ``budget_reached_`` is True.
     {batch_size}
     {device}
-    {no_trigger}
+    {no_trigger_warn}
     {verbose}
 
     Attributes

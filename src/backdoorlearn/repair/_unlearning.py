@@ -130,7 +130,8 @@ class Unlearner(BaseRepair):
     }
 
     def __init__(self, triggers, stamp_fraction=0.2, fine_tune_epochs=20, lr=5e-3, validation_fraction=0.2,
-                 train_batch_size=16, batch_size=256, device=None, no_trigger="warn", random_state=None, verbose=0):
+                 train_batch_size=16, batch_size=256, device=None, no_trigger="fine-prune", random_state=None,
+                 verbose=0):
         self.triggers = triggers
         self.no_trigger = no_trigger
         self.stamp_fraction = stamp_fraction
