@@ -76,3 +76,43 @@ def test_far_sizes_are_not_timed_again_and_the_cache_holds(monkeypatch):
 def test_bad_sizes():
     with pytest.raises(ValueError, match="sizes in fastest_size must be positive integers"):
         _batching.fastest_size(lambda n: None, (0, 4))
+
+
+def _layout_probe(monkeypatch, contiguous_s, channels_last_s, raises=False):
+    clock = FakeClock()
+    monkeypatch.setattr(_batching, "time", clock)
+    calls = []
+
+    def run(size, channels_last):
+        calls.append(channels_last)
+        if channels_last and raises:
+            raise RuntimeError("view size is not compatible with input tensor's size and stride")
+        clock.now += channels_last_s if channels_last else contiguous_s
+
+    return run, calls
+
+
+def test_channels_last_wins_only_when_clearly_faster(monkeypatch):
+    run, calls = _layout_probe(monkeypatch, 1.0, 0.5)
+    faster, timings = _batching.faster_layout(run, 64)
+    assert faster and timings == {"contiguous": 1.0, "channels_last": 0.5}
+    assert calls == [True, False] + [False, True] * 3  # warm-ups, then in turns
+    run, _ = _layout_probe(monkeypatch, 1.0, 0.95)  # 5% faster: within the margin, not worth a rounding change
+    assert not _batching.faster_layout(run, 64)[0]
+    run, _ = _layout_probe(monkeypatch, 1.0, 0.95)
+    assert _batching.faster_layout(run, 64, margin=0.01)[0]
+
+
+def test_a_module_that_refuses_channels_last_keeps_contiguous(monkeypatch):
+    run, calls = _layout_probe(monkeypatch, 1.0, 0.1, raises=True)
+    assert _batching.faster_layout(run, 64) == (False, {})
+    assert calls == [True]
+
+
+def test_the_layout_choice_is_cached(monkeypatch):
+    _batching.clear_cache()
+    run, _ = _layout_probe(monkeypatch, 1.0, 0.5)
+    assert _batching.faster_layout(run, 64, key="k")[0]
+    run, calls = _layout_probe(monkeypatch, 0.5, 1.0)
+    assert _batching.faster_layout(run, 64, key="k")[0] and calls == []
+    _batching.clear_cache()

@@ -132,6 +132,78 @@ def test_probe_is_cached_per_architecture(monkeypatch, fresh_cache):
     assert len(calls) > probed
 
 
+def _layout_says(monkeypatch, faster):
+    """Make STRIP's layout probe answer ``faster`` (the real one times the machine), counting its calls."""
+    calls = []
+
+    def fake(run, size, **kwargs):
+        calls.append(size)
+        run(size, True), run(size, False)  # the module is called in both layouts, as by the real probe
+        return faster, {}
+
+    monkeypatch.setattr(_strip, "faster_layout", fake)
+    return calls
+
+
+class LayoutSensitive(torch.nn.Module):
+    """Answers differently for a channels_last input: a module the layout would change."""
+
+    def __init__(self, channels):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(channels * 64, 4)
+
+    def forward(self, x):
+        shift = 0.0 if x.is_contiguous() else 5.0
+        return self.lin(x.flatten(1)) + shift * torch.tensor([1.0, 0, 0, 0])
+
+
+class ViewsItsInput(LayoutSensitive):
+    def forward(self, x):
+        return self.lin(x.view(len(x), -1))  # fails on a channels_last tensor
+
+
+def test_channels_last_where_the_probe_finds_it_faster_gives_the_same_scores(monkeypatch, fresh_cache):
+    rng = np.random.default_rng(0)
+    pool, X = rng.random((40, 3, 8, 8), dtype=np.float32), rng.random((30, 3, 8, 8), dtype=np.float32)
+    torch.manual_seed(0)
+    model = SmallCNN(3, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = _layout_says(monkeypatch, True)
+    fast = STRIPDetector(model, n_perturbations=10, random_state=0).fit(pool)
+    assert fast.memory_format_ == "channels_last" and calls
+    usual = STRIPDetector(model, n_perturbations=10, random_state=0, batch_size=fast.batch_size_).fit(pool)
+    assert usual.memory_format_ == "contiguous"  # an explicit batch size: no probe, the usual layout
+    np.testing.assert_allclose(fast.score_samples(X), usual.score_samples(X), rtol=1e-6, atol=1e-7)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.is_contiguous() for p in model.parameters())  # the user's model is left as it was
+
+
+def test_channels_last_is_not_used_where_the_module_answers_otherwise(monkeypatch, fresh_cache):
+    # the probe says channels_last is faster; the check of the entropies after it keeps the usual layout
+    _layout_says(monkeypatch, True)
+    pool = np.random.default_rng(0).random((40, 3, 8, 8), dtype=np.float32)
+    strip = STRIPDetector(LayoutSensitive(3), n_perturbations=10, random_state=0).fit(pool)
+    assert strip.memory_format_ == "contiguous"
+
+
+def test_channels_last_is_not_used_where_the_module_refuses_it(fresh_cache):
+    # the real probe: the module raises on a channels_last tensor
+    pool = np.random.default_rng(0).random((40, 3, 8, 8), dtype=np.float32)
+    strip = STRIPDetector(ViewsItsInput(3), n_perturbations=10, random_state=0).fit(pool)
+    assert strip.memory_format_ == "contiguous"
+    assert strip.score_samples(pool[:5]).shape == (5,)
+
+
+def test_no_layout_probe_for_one_channel_or_an_explicit_size(monkeypatch, fresh_cache):
+    calls = _layout_says(monkeypatch, True)
+    X = np.random.default_rng(0).random((30, 1, 8, 8), dtype=np.float32)
+    assert STRIPDetector(SmallCNN(1, 10), n_perturbations=10).fit(X).memory_format_ == "contiguous"
+    X3 = np.random.default_rng(0).random((30, 3, 8, 8), dtype=np.float32)
+    assert STRIPDetector(SmallCNN(3, 10), n_perturbations=10, batch_size=32).fit(X3).memory_format_ == "contiguous"
+    assert calls == []
+
+
 @pytest.mark.parametrize("params, name", [
     (dict(batch_size="fast"), "batch_size"),
     (dict(batch_size=0), "batch_size"),

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, as_tensor
 from ..models import ModelAdapter
-from ..models._batching import DEFAULT_SIZES, architecture_key, fastest_size
+from ..models._batching import DEFAULT_SIZES, architecture_key, faster_layout, fastest_size
 from ._base import BaseDetector
 
 __all__ = ["STRIPDetector"]
@@ -30,6 +30,8 @@ _CHUNK_BLENDS = 1 << 16
 # Blends per call of a black-box predict_proba under batch_size="auto" (no probe:
 # an estimator's cost per call is mostly its own Python overhead).
 _BLACK_BOX_BATCH = 1024
+# Blends per timed call of the memory-layout probe (before the batch size is chosen).
+_LAYOUT_PROBE_SIZE = 128
 # Fixed odd multipliers for the exact-duplicate lookup (see _row_keys).
 _KEY_SEED = 20191209
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -161,6 +163,8 @@ class STRIPDetector(BaseDetector):
         black-box estimator ``"auto"`` is 1024 blends per ``predict_proba``
         call, without a probe (its cost per call is mostly its own
         overhead). An int is used as given. The size used is ``batch_size_``.
+        Under ``"auto"`` the probe also chooses the blends' memory layout
+        (``memory_format_``).
     {random_state}
         With the input itself, it seeds each input's overlays: with an int,
         an input gets the same score whatever rows it is scored with, in any
@@ -184,6 +188,15 @@ class STRIPDetector(BaseDetector):
     batch_size_ : int
         Blends per forward pass: ``batch_size``, or the probe's choice under
         ``"auto"``.
+    memory_format_ : {"contiguous", "channels_last"}
+        Memory layout of the blends given to the model. Under
+        ``batch_size="auto"``, for a torch model on images with several
+        channels, a probe first times ``channels_last`` (NHWC), on which
+        PyTorch's CPU convolution and pooling kernels can run much faster,
+        against the usual layout, 128 blends per call, and keeps it where it
+        is more than 10% faster and gives the same entropies up to float
+        rounding; otherwise ``"contiguous"``. The model itself is not
+        changed.
     input_shape_ : tuple of int
         Shape of one input, as at fit.
     n_features_in_ : int
@@ -336,6 +349,8 @@ class STRIPDetector(BaseDetector):
         keys = _row_keys(self.pool_)
         self._key_order = np.argsort(keys, kind="stable")
         self._sorted_keys = keys[self._key_order]
+        # the layout first, at a middle size: the sizes are then timed in it
+        self.memory_format_ = self._choose_memory_format()
         self.batch_size_ = self._choose_batch_size()
         # Sec. V-B: benign entropies, each input blended with the *other*
         # pool images only (an input blended with itself is not perturbed),
@@ -417,11 +432,39 @@ class STRIPDetector(BaseDetector):
         def run(size):
             self._blend_entropies(pool_t, pool_t, xi[:size], oi[:size], device)
 
-        key = architecture_key(adapter.module, self.input_shape_, device, "strip")
+        key = architecture_key(adapter.module, self.input_shape_, device, f"strip {self.memory_format_}")
         sync = torch.cuda.synchronize if device.type == "cuda" else None
         with adapter.eval(), torch.no_grad():
             size, _ = fastest_size(run, DEFAULT_SIZES, key=key, sync=sync)
         return int(size)
+
+    def _choose_memory_format(self):
+        """``"channels_last"`` where a probe at 128 blends finds it clearly faster, under ``batch_size="auto"``.
+
+        Only for a white-box model on images with several channels (for one
+        channel both layouts are the same), and only when the two layouts
+        give the same entropies up to float rounding on the probe's blends.
+        """
+        adapter = self._adapter
+        if self.batch_size != "auto" or not adapter.is_white_box or len(self.input_shape_) != 3 \
+                or self.input_shape_[0] < 2:
+            return "contiguous"
+        device = torch.device(adapter.device)
+        n, size = len(self.pool_), _LAYOUT_PROBE_SIZE
+        rows = np.arange(size) % n
+        xi, oi = rows, (rows + 1) % n
+        pool_t = torch.from_numpy(self.pool_).to(device)
+
+        def run(_, channels_last):
+            return self._blend_entropies(pool_t, pool_t, xi, oi, device, channels_last=channels_last)
+
+        key = architecture_key(adapter.module, self.input_shape_, device, "strip layout")
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        with adapter.eval(), torch.no_grad():
+            faster, _ = faster_layout(run, size, key=key, sync=sync)
+            if faster and not np.allclose(run(size, True), run(size, False), rtol=0, atol=1e-4):
+                faster = False  # the module computes something else in that layout: keep the usual one
+        return "channels_last" if faster else "contiguous"
 
     def _find_in_pool(self, X):
         """Pool index of each input that is bit-identical to a pool image, else -1."""
@@ -480,16 +523,19 @@ class STRIPDetector(BaseDetector):
                 x.clamp_(lo, hi)
         return x
 
-    def _blend_entropies(self, X, pool, xi, oi, device=None):
+    def _blend_entropies(self, X, pool, xi, oi, device=None, channels_last=None):
         """Entropy in bits (float64) of each blend ``X[xi[j]] + pool[oi[j]]``, in one model call.
 
         ``X`` and ``pool`` are tensors on ``device`` for a white-box model
         (called inside ``adapter.eval()`` and ``no_grad``), numpy arrays for
-        a black box.
+        a black box. ``channels_last`` overrides ``memory_format_`` (for the
+        probe).
         """
         adapter = self._adapter
         if adapter.is_white_box:
             blend = self._superimpose(X[torch.from_numpy(xi).to(device)], pool[torch.from_numpy(oi).to(device)])
+            if channels_last if channels_last is not None else self.memory_format_ == "channels_last":
+                blend = blend.contiguous(memory_format=torch.channels_last)  # a no-op for gathers of NHWC tensors
             logp = torch.log_softmax(adapter.forward_logits(blend).float(), dim=1)
             # per replica, over the classes (axis 1)
             h = -(logp.exp() * logp).sum(dim=1) / math.log(2)
@@ -557,6 +603,9 @@ class STRIPDetector(BaseDetector):
         if adapter.is_white_box:
             device = torch.device(adapter.device)
             X_all, pool = as_tensor(X).to(device), torch.from_numpy(self.pool_).to(device)
+            if self.memory_format_ == "channels_last":  # gathered blends are then NHWC without a copy
+                X_all = X_all.contiguous(memory_format=torch.channels_last)
+                pool = pool.contiguous(memory_format=torch.channels_last)
             context = adapter.eval()
         else:
             device, X_all, pool = None, X, self.pool_

@@ -11,6 +11,12 @@ second) and keeps the one with the least time per item; the choice is cached
 per process under a key of the architecture (parameter names and shapes,
 not values), the input shape, the device and the number of torch threads,
 so the probe runs once per model shape, not once per call.
+
+The memory layout of the images matters too: PyTorch's CPU pooling and
+convolution kernels run much faster on ``channels_last`` (NHWC) tensors than
+on the default NCHW ones for some models (colour images above all), and
+slower or the same for others. :func:`faster_layout` times both at the
+chosen size and keeps ``channels_last`` only where it is clearly faster.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 
 import torch
 
-__all__ = ["DEFAULT_SIZES", "architecture_key", "clear_cache", "fastest_size"]
+__all__ = ["DEFAULT_SIZES", "architecture_key", "clear_cache", "faster_layout", "fastest_size"]
 
 #: The candidate batch sizes of a probe (images per forward pass).
 DEFAULT_SIZES = (16, 32, 64, 128, 256, 512, 1024)
@@ -161,4 +167,75 @@ def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3,
         with _LOCK:
             _CACHE.setdefault(key, choice)
             choice = _CACHE[key]
+    return choice
+
+
+def faster_layout(run, size, *, key=None, repeats=3, margin=0.1, sync=None):
+    """Whether ``channels_last`` images run clearly faster than contiguous ones, by a timing probe.
+
+    ``run(size, channels_last)`` does one batch of ``size`` items in the given
+    layout. Each layout gets a warm-up call, then ``repeats`` rounds time one
+    call of each in turns (so a load change hits both), and each keeps its
+    best time. ``channels_last`` wins only when it is more than ``margin``
+    faster: the two layouts may round a model's float32 results differently
+    in the last digits, so a choice that flips with noise is not worth it.
+    A ``run`` that raises in the ``channels_last`` layout (a module that
+    calls ``.view`` on its activations, for example) keeps the contiguous one.
+
+    Parameters
+    ----------
+    run : callable
+        ``run(size, channels_last)``.
+    size : int
+        Items per timed call.
+    key : hashable or None, default=None
+        Cache key (see :func:`architecture_key`); ``None`` probes every time.
+    repeats : int, default=3
+        Timed rounds.
+    margin : float, default=0.1
+        How much faster ``channels_last`` must be, as a fraction of the
+        contiguous time.
+    sync : callable or None, default=None
+        Called before each clock read (``torch.cuda.synchronize`` on a GPU).
+
+    Returns
+    -------
+    channels_last : bool
+        True when ``channels_last`` won.
+    timings : dict
+        Best seconds per call of each layout (``{}`` when ``channels_last``
+        raised).
+
+    Examples
+    --------
+    >>> import time
+    >>> faster_layout(lambda n, cl: time.sleep(0.001 if cl else 0.004), 8)[0]
+    True
+    """
+    if key is not None:
+        with _LOCK:
+            hit = _CACHE.get(("layout", key))
+        if hit is not None:
+            return hit
+    sync = sync or (lambda: None)
+    try:
+        run(size, True)  # warm-up, and does the module take it at all?
+    except RuntimeError:
+        choice = (False, {})
+    else:
+        run(size, False)
+        best = {False: float("inf"), True: float("inf")}
+        for _ in range(max(1, repeats)):
+            for layout in (False, True):
+                sync()
+                t0 = time.perf_counter()
+                run(size, layout)
+                sync()
+                best[layout] = min(best[layout], time.perf_counter() - t0)
+        timings = {"contiguous": best[False], "channels_last": best[True]}
+        choice = (best[True] < (1 - margin) * best[False], timings)
+    if key is not None:
+        with _LOCK:
+            _CACHE.setdefault(("layout", key), choice)
+            choice = _CACHE[("layout", key)]
     return choice
