@@ -90,16 +90,19 @@ def layouts(images):
     return out
 
 
-def rank_sizes(module, images, out):
-    """Candidates ``(size, layout)`` ordered by bare-forward time per image on a short run (4 x 1024 images each)."""
+def rank_sizes(module, forms, out):
+    """Candidates ``(size, layout)`` ordered by bare-forward time per image on a short run (4 x 1024 images each).
+
+    ``forms`` maps each layout to the images in it (:func:`layouts`).
+    """
     short = 4 * max(DEFAULT_SIZES)
     per_item = {}
-    for layout, imgs in layouts(images).items():
+    for layout, imgs in forms.items():
         for size in DEFAULT_SIZES:
             bare_forward(module, imgs, size, size)  # warm-up
             per_item[size, layout] = best_of(lambda: bare_forward(module, imgs, short, size), 2) / short
     ranked = sorted(per_item, key=per_item.get)
-    for layout in layouts(images):
+    for layout in forms:
         rel = "  ".join(f"{s}:{per_item[s, layout] / per_item[ranked[0]]:.2f}" for s in DEFAULT_SIZES)
         out(f"    bare forward, {layout}, time per image relative to the fastest ({ranked[0][0]}, {ranked[0][1]}): "
             f"{rel}")
@@ -126,10 +129,10 @@ def speed(out, model, pool, X, args, params):
     module = model.module_.eval()
     images = blended_images(pool, X, 2 * max(DEFAULT_SIZES), np.random.default_rng(0))
     out(f"  speed: {len(X)} inputs (half clean, half triggered), wall clock, best of {args.repeats}")
-    ranked = rank_sizes(module, images, out)
+    forms = layouts(images)
+    ranked = rank_sizes(module, forms, out)
     # the two fastest candidates, and the fastest contiguous one (the floor as issue 17 defines it)
     candidates = list(dict.fromkeys(ranked[:2] + [next(c for c in ranked if c[1] == "contiguous")]))
-    forms = layouts(images)
     for N in (20, 100):
         total = N * len(X)
         auto = STRIPDetector(model, n_perturbations=N, random_state=0, **params).fit(pool)

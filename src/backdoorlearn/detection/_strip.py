@@ -416,6 +416,34 @@ class STRIPDetector(BaseDetector):
             )
         return lo, hi
 
+    def _as_blend_tensor(self, X, device, memory_format=None):
+        """``X`` as a float tensor on ``device`` in ``memory_format`` (default ``memory_format_``).
+
+        Gathers and in-place blends of a ``channels_last`` tensor stay
+        ``channels_last``, so converting the inputs and the pool once makes
+        every blend of the call NHWC without a copy.
+        """
+        t = as_tensor(X).to(device)
+        if (memory_format or self.memory_format_) == "channels_last":
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _probe_blends(self, size):
+        """What a timing probe runs: ``run(size, memory_format)`` blends pool images, never one with itself."""
+        device = torch.device(self._adapter.device)
+        rows = np.arange(size) % len(self.pool_)
+        xi, oi = rows, (rows + 1) % len(self.pool_)
+        pools = {}
+
+        def run(k, memory_format=None):
+            fmt = memory_format or self.memory_format_
+            if fmt not in pools:
+                pools[fmt] = self._as_blend_tensor(self.pool_, device, fmt)
+            return self._blend_entropies(pools[fmt], pools[fmt], xi[:k], oi[:k], device)
+
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        return run, device, sync
+
     def _choose_batch_size(self):
         """``batch_size`` when an int; under ``"auto"`` the probe's choice (a fixed size for a black box)."""
         if self.batch_size != "auto":
@@ -423,17 +451,8 @@ class STRIPDetector(BaseDetector):
         adapter = self._adapter
         if not adapter.is_white_box:
             return _BLACK_BOX_BATCH
-        device = torch.device(adapter.device)
-        n = len(self.pool_)
-        rows = np.arange(max(DEFAULT_SIZES)) % n
-        xi, oi = rows, (rows + 1) % n  # real blends of pool images, never one with itself
-        pool_t = torch.from_numpy(self.pool_).to(device)
-
-        def run(size):
-            self._blend_entropies(pool_t, pool_t, xi[:size], oi[:size], device)
-
+        run, device, sync = self._probe_blends(max(DEFAULT_SIZES))
         key = architecture_key(adapter.module, self.input_shape_, device, f"strip {self.memory_format_}")
-        sync = torch.cuda.synchronize if device.type == "cuda" else None
         with adapter.eval(), torch.no_grad():
             size, _ = fastest_size(run, DEFAULT_SIZES, key=key, sync=sync)
         return int(size)
@@ -443,26 +462,24 @@ class STRIPDetector(BaseDetector):
 
         Only for a white-box model on images with several channels (for one
         channel both layouts are the same), and only when the two layouts
-        give the same entropies up to float rounding on the probe's blends.
+        give the same entropies up to float rounding on the probe's blends
+        (checked on every fit: the timing is cached per architecture, the
+        answers are this model's).
         """
         adapter = self._adapter
         if self.batch_size != "auto" or not adapter.is_white_box or len(self.input_shape_) != 3 \
                 or self.input_shape_[0] < 2:
             return "contiguous"
-        device = torch.device(adapter.device)
-        n, size = len(self.pool_), _LAYOUT_PROBE_SIZE
-        rows = np.arange(size) % n
-        xi, oi = rows, (rows + 1) % n
-        pool_t = torch.from_numpy(self.pool_).to(device)
+        blends, device, sync = self._probe_blends(_LAYOUT_PROBE_SIZE)
 
-        def run(_, channels_last):
-            return self._blend_entropies(pool_t, pool_t, xi, oi, device, channels_last=channels_last)
+        def run(size, channels_last):
+            return blends(size, "channels_last" if channels_last else "contiguous")
 
         key = architecture_key(adapter.module, self.input_shape_, device, "strip layout")
-        sync = torch.cuda.synchronize if device.type == "cuda" else None
         with adapter.eval(), torch.no_grad():
-            faster, _ = faster_layout(run, size, key=key, sync=sync)
-            if faster and not np.allclose(run(size, True), run(size, False), rtol=0, atol=1e-4):
+            faster, _ = faster_layout(run, _LAYOUT_PROBE_SIZE, key=key, sync=sync)
+            if faster and not np.allclose(run(_LAYOUT_PROBE_SIZE, True), run(_LAYOUT_PROBE_SIZE, False),
+                                          rtol=0, atol=1e-4):
                 faster = False  # the module computes something else in that layout: keep the usual one
         return "channels_last" if faster else "contiguous"
 
@@ -523,19 +540,17 @@ class STRIPDetector(BaseDetector):
                 x.clamp_(lo, hi)
         return x
 
-    def _blend_entropies(self, X, pool, xi, oi, device=None, channels_last=None):
+    def _blend_entropies(self, X, pool, xi, oi, device=None):
         """Entropy in bits (float64) of each blend ``X[xi[j]] + pool[oi[j]]``, in one model call.
 
         ``X`` and ``pool`` are tensors on ``device`` for a white-box model
         (called inside ``adapter.eval()`` and ``no_grad``), numpy arrays for
-        a black box. ``channels_last`` overrides ``memory_format_`` (for the
-        probe).
+        a black box; the blends keep the layout of ``X`` (see
+        :meth:`_as_blend_tensor`).
         """
         adapter = self._adapter
         if adapter.is_white_box:
             blend = self._superimpose(X[torch.from_numpy(xi).to(device)], pool[torch.from_numpy(oi).to(device)])
-            if channels_last if channels_last is not None else self.memory_format_ == "channels_last":
-                blend = blend.contiguous(memory_format=torch.channels_last)  # a no-op for gathers of NHWC tensors
             logp = torch.log_softmax(adapter.forward_logits(blend).float(), dim=1)
             # per replica, over the classes (axis 1)
             h = -(logp.exp() * logp).sum(dim=1) / math.log(2)
@@ -602,10 +617,7 @@ class STRIPDetector(BaseDetector):
         adapter = self._adapter
         if adapter.is_white_box:
             device = torch.device(adapter.device)
-            X_all, pool = as_tensor(X).to(device), torch.from_numpy(self.pool_).to(device)
-            if self.memory_format_ == "channels_last":  # gathered blends are then NHWC without a copy
-                X_all = X_all.contiguous(memory_format=torch.channels_last)
-                pool = pool.contiguous(memory_format=torch.channels_last)
+            X_all, pool = self._as_blend_tensor(X, device), self._as_blend_tensor(self.pool_, device)
             context = adapter.eval()
         else:
             device, X_all, pool = None, X, self.pool_

@@ -72,6 +72,22 @@ def clear_cache():
         _CACHE.clear()
 
 
+def _cached(key):
+    """The choice cached under ``key`` (None for no key or none cached)."""
+    if key is None:
+        return None
+    with _LOCK:
+        return _CACHE.get(key)
+
+
+def _remember(key, choice):
+    """Cache ``choice`` under ``key`` unless another thread did first; return the cached one."""
+    if key is None:
+        return choice
+    with _LOCK:
+        return _CACHE.setdefault(key, choice)
+
+
 def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3, sync=None,
                  refine_within=0.25):
     """The candidate size with the least time per item, from a short timing probe.
@@ -127,11 +143,9 @@ def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3,
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"sizes in fastest_size must be positive integers; got {sizes}.")
-    if key is not None:
-        with _LOCK:
-            hit = _CACHE.get(key)
-        if hit is not None:
-            return hit
+    hit = _cached(key)
+    if hit is not None:
+        return hit
     sync = sync or (lambda: None)
     def timed(size):
         sync()
@@ -162,12 +176,7 @@ def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3,
             timings[size] = min(timings[size], timed(size))
         if time.perf_counter() - start > budget_s:
             break
-    choice = (min(timings, key=timings.get), timings)
-    if key is not None:
-        with _LOCK:
-            _CACHE.setdefault(key, choice)
-            choice = _CACHE[key]
-    return choice
+    return _remember(key, (min(timings, key=timings.get), timings))
 
 
 def faster_layout(run, size, *, key=None, repeats=3, margin=0.1, sync=None):
@@ -212,11 +221,10 @@ def faster_layout(run, size, *, key=None, repeats=3, margin=0.1, sync=None):
     >>> faster_layout(lambda n, cl: time.sleep(0.001 if cl else 0.004), 8)[0]
     True
     """
-    if key is not None:
-        with _LOCK:
-            hit = _CACHE.get(("layout", key))
-        if hit is not None:
-            return hit
+    key = None if key is None else ("layout", key)
+    hit = _cached(key)
+    if hit is not None:
+        return hit
     sync = sync or (lambda: None)
     try:
         run(size, True)  # warm-up, and does the module take it at all?
@@ -234,8 +242,4 @@ def faster_layout(run, size, *, key=None, repeats=3, margin=0.1, sync=None):
                 best[layout] = min(best[layout], time.perf_counter() - t0)
         timings = {"contiguous": best[False], "channels_last": best[True]}
         choice = (best[True] < (1 - margin) * best[False], timings)
-    if key is not None:
-        with _LOCK:
-            _CACHE.setdefault(("layout", key), choice)
-            choice = _CACHE[("layout", key)]
-    return choice
+    return _remember(key, choice)
