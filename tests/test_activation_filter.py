@@ -128,3 +128,34 @@ def test_bad_layer_lists_the_layers():
     X = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
     with raises_naming("layer", match="available layers: conv1, relu1"):
         ActivationFilter(SmallCNN(1, 3), Trigger.patch((1, 8, 8), size=2), layer="nope").fit(X)
+
+
+def test_two_triggers_on_different_scales_are_both_caught():
+    # Units 0-7 copy pixel 0 times 100, units 8-15 copy pixel 15 times 1: trigger A (pixel 0 set to 1)
+    # fires the large units, trigger B (pixel 15) the small ones. Scored on raw activations (the
+    # paper's "gap"), the large units set the threshold and B's inputs pass; standardized, both are caught.
+    import torch
+    from torch import nn
+
+    penultimate = nn.Linear(16, 16, bias=False)
+    head = nn.Linear(16, 2)
+    with torch.no_grad():
+        penultimate.weight.zero_()
+        penultimate.weight[:8, 0] = 100.0
+        penultimate.weight[8:, 15] = 1.0
+    model = nn.Sequential(nn.Flatten(), penultimate, nn.ReLU(), head).eval()
+    rng = np.random.default_rng(0)
+    X = (0.5 * rng.random((200, 1, 4, 4))).astype(np.float32)
+    X_new = (0.5 * rng.random((200, 1, 4, 4))).astype(np.float32)
+    triggers = []
+    for pixel in (0, 15):
+        mask = np.zeros((4, 4), np.float32)
+        mask.flat[pixel] = 1.0
+        triggers.append(Trigger(mask, np.ones((4, 4), np.float32)))
+    standardized = ActivationFilter(model, triggers).fit(X)
+    raw = ActivationFilter(model, triggers, neuron_ranking="gap").fit(X)
+    assert [set(n) for n in standardized.neurons_] == [set(range(8)), set(range(8, 16))]
+    assert standardized.predict(X_new).mean() <= 0.10
+    for trigger in triggers:
+        assert standardized.predict(trigger.apply(X_new)).mean() >= 0.95
+    assert raw.predict(triggers[1].apply(X_new)).mean() <= 0.2  # what the raw score misses

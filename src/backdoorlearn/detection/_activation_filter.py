@@ -38,7 +38,8 @@ class ActivationFilter(BaseDetector):
 
     {detector_convention}
 
-    The score is minus the mean activation of the selected neurons.
+    The score is minus the mean activation of the selected neurons
+    (standardized by default, see ``neuron_ranking``).
 
     Parameters
     ----------
@@ -74,7 +75,12 @@ class ActivationFilter(BaseDetector):
         divides that gap by the neuron's standard deviation over the clean
         images, a deviation from the paper that prefers neurons the trigger
         moves far outside their clean range over neurons that are merely
-        large. Chosen on the development zoo
+        large, and scores an input by the same standardized activations
+        (minus the clean mean, over the clean standard deviation), so that
+        with several triggers each one's score is on the same scale before
+        the worst is taken (with raw activations, the trigger whose neurons
+        are largest sets the threshold and the others' scores drown
+        under it). Chosen on the development zoo
         (``benchmarks/bench_pipeline.py --split development``), where it
         caught more of the true triggers at the same false positive rate.
     false_rejection_rate : float, default=0.05
@@ -115,6 +121,10 @@ class ActivationFilter(BaseDetector):
         array per trigger, most trigger-specific first.
     n_neurons_ : int
         Neurons kept per trigger.
+    neuron_center_, neuron_scale_ : ndarray of shape (n_units,)
+        What the score subtracts from each unit's activation and divides it
+        by (the clean mean and standard deviation with
+        ``neuron_ranking="standardized"``; 0 and 1 with ``"gap"``).
     benign_scores_ : ndarray of shape (n_samples,)
         Scores of the clean training inputs (out-of-fold with ``cv``).
     threshold_ : float
@@ -211,7 +221,7 @@ class ActivationFilter(BaseDetector):
         # Sec. V-C / VI-A: the top 1% of the neurons; at least min_neurons on small layers.
         self.n_neurons_ = min(n_units, max(self.min_neurons, int(math.floor(self.top_fraction * n_units))))
         gaps = [self._activations(adapter, t.apply(X)) - clean for t in self.triggers_]
-        self.neurons_ = self._choose(clean, gaps, np.arange(len(X)))
+        self.neurons_, self.neuron_center_, self.neuron_scale_ = self._choose(clean, gaps, np.arange(len(X)))
         if self.cv is None or not self.triggers_:
             return self._scores_from(clean)
         # The threshold from clean scores of neurons chosen without them (out-of-fold), so that it holds
@@ -221,26 +231,31 @@ class ActivationFilter(BaseDetector):
         folds = np.array_split(np.random.default_rng(0).permutation(len(X)), self.cv)
         scores = np.empty(len(X))
         for fold in folds:
-            neurons = self._choose(clean, gaps, np.setdiff1d(np.arange(len(X)), fold))
-            scores[fold] = self._scores_from(clean[fold], neurons)
+            chosen = self._choose(clean, gaps, np.setdiff1d(np.arange(len(X)), fold))
+            scores[fold] = self._scores_from(clean[fold], *chosen)
         return scores
 
     def _choose(self, clean, gaps, rows):
-        """The ``n_neurons_`` most trigger-specific neurons of each trigger, ranked on ``rows`` only."""
-        neurons = []
-        for gap in gaps:
-            score = gap[rows].mean(axis=0)
-            if self.neuron_ranking == "standardized":
-                spread = clean[rows].std(axis=0)
-                score = score / (spread + 1e-6 * spread.max() + 1e-12)
-            neurons.append(np.argsort(-score, kind="stable")[: self.n_neurons_])
-        return neurons
+        """The ``n_neurons_`` most trigger-specific neurons of each trigger, ranked on ``rows`` only.
 
-    def _scores_from(self, act, neurons=None):
-        neurons = self.neurons_ if neurons is None else neurons
+        Returns ``(neurons, center, scale)``: the neurons, and what a score
+        subtracts from and divides the activations by (0 and 1 for the
+        paper's raw ``"gap"`` ranking; the clean mean and spread on ``rows``
+        for ``"standardized"``).
+        """
+        center, scale = np.zeros(clean.shape[1]), np.ones(clean.shape[1])
+        if self.neuron_ranking == "standardized":
+            spread = clean[rows].std(axis=0)
+            center, scale = clean[rows].mean(axis=0), spread + 1e-6 * spread.max() + 1e-12
+        neurons = [np.argsort(-(gap[rows].mean(axis=0) / scale), kind="stable")[: self.n_neurons_] for gap in gaps]
+        return neurons, center, scale
+
+    def _scores_from(self, act, neurons=None, center=None, scale=None):
+        if neurons is None:
+            neurons, center, scale = self.neurons_, self.neuron_center_, self.neuron_scale_
         if not neurons:  # nothing to watch: every score is 0, and the threshold 0 flags nothing
             return np.zeros(len(act))
-        means = np.stack([act[:, idx].mean(axis=1) for idx in neurons], axis=1)
+        means = np.stack([((act[:, idx] - center[idx]) / scale[idx]).mean(axis=1) for idx in neurons], axis=1)
         return -means.max(axis=1)
 
     def _score_samples(self, X):
