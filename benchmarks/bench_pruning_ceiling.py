@@ -8,9 +8,10 @@ benchmark separates the three things that could stand in the way, case by case:
 
 1. ``NeuronPruner``: the defense as a user runs it, fed by the entry's ``NeuralCleanse``
    (the cached fit of ``bench_pipeline.py``), scored on the test images;
-2. ``NC rank``: the same ranking (the reversed triggers' activation gap on the defender's
-   images), but the number of units read off the test set, at each of the layers NeuronPruner
-   tries: the best any stopping rule could do with NeuronPruner's ranking;
+2. ``NC rank``: NeuronPruner's ranking measure (the reversed triggers' mean activation gap,
+   here over all the defender's images, where NeuronPruner leaves out those of each trigger's
+   target label), with the number of units read off the test set, at each of the layers
+   NeuronPruner tries: close to the best any stopping rule could do with its ranking;
 3. ``true rank``: the units ranked by the *true* trigger's gap, at the same layers, one layer
    at a time and (``joint``) the same fraction of every layer at once: a reference with the
    attacker's trigger, which no defense has (not a strict upper bound: the mean gap is a
@@ -54,7 +55,7 @@ def counts(n_units):
 
 
 def gaps(adapter, site, X, stamped_sets):
-    """Mean activation with each stamp minus without it, the largest over the stamps (NeuronPruner's rank)."""
+    """Mean activation with each stamp minus without it, the largest over the stamps (NeuronPruner's measure)."""
     clean = unit_activations(adapter, X, site).mean(axis=0)
     return np.max([unit_activations(adapter, X_s, site).mean(axis=0) - clean for X_s in stamped_sets], axis=0)
 
@@ -97,6 +98,10 @@ def run_case(zm, nc, pruner, k):
     return out
 
 
+def fmt(v):
+    return "-" if not np.isfinite(v) else f"{v:+.1%}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="*", default=None, help="only these data sets")
@@ -131,10 +136,6 @@ def main():
         for k in range(len(spec.target_labels)):
             r = run_case(zm, nc, pruner, k)
             rows.append(r)
-
-            def fmt(v):
-                return "-" if not np.isfinite(v) else f"{v:+.1%}"
-
             lost, asr = r["pruner"]
             report(f"{spec.name if k == 0 else '':<38} {k:>1} {flagged:<6} | {lost:>+6.1%}/{asr:>4.0%} | "
                    f"{fmt(r['nc']):>7} | {fmt(r['true']):>9} | {fmt(r['joint']):>6}")
