@@ -9,7 +9,9 @@ For every entry of the split, with only what a defender has (the model, its clea
    NeuralCleanse flagged nothing), ``NeuronPruner(nc)``, ``ActivationFilter(model, nc)``,
    and ``Unlearner(nc, random_state=0)``, whose default ``no_trigger="fine-prune"`` repairs
    with FinePruner where NeuralCleanse flagged nothing (run only there: elsewhere it is the
-   first Unlearner by construction);
+   first Unlearner by construction); and, to show what Unlearner's fine-tuning does
+   without any trigger, the same Unlearner with ``stamp_fraction=0`` (nothing stamped,
+   also where NeuralCleanse flagged nothing);
 3. ``FinePruner(random_state=0)`` (needs no trigger);
 4. targeted ``BimodelClassifier(model, fine-pruned model, target_labels=nc.flagged_labels_)``
    (which cross-examines every input when NeuralCleanse flagged nothing).
@@ -41,7 +43,8 @@ import numpy as np
 import torch
 
 from _report import parse
-from backdoorlearn import ActivationFilter, BimodelClassifier, FinePruner, NeuralCleanse, NeuronPruner, Unlearner
+from backdoorlearn import (ActivationFilter, BimodelClassifier, FinePruner, NeuralCleanse, NeuronPruner, Trigger,
+                           Unlearner)
 from backdoorlearn.datasets import get_data_home, load_zoo_model, zoo_specs
 from backdoorlearn.metrics import clean_accuracy
 
@@ -109,6 +112,13 @@ def run_entry(zm, nc, only=None, filter_params=None, known=None):
         u = Unlearner(nc, random_state=0).fit(model, X, y)  # no_trigger="fine-prune", the default
         return dict(_repair_scores(zm, u.repaired_model_), ran=True)
 
+    def unlearn_no_trigger():
+        # stamp_fraction=0: nothing is stamped, so any trigger gives the same fine-tuning; a
+        # placeholder where NeuralCleanse flagged nothing keeps the fallback out of it
+        triggers = nc if len(nc.flagged_labels_) else Trigger.patch(X.shape[1:], size=1)
+        u = Unlearner(triggers, stamp_fraction=0.0, random_state=0).fit(model, X, y)
+        return _repair_scores(zm, u.repaired_model_)
+
     def neuron_prune():
         p = NeuronPruner(nc).fit(model, X, y)
         return dict(_repair_scores(zm, p.repaired_model_), layer=p.layer_, n_pruned=len(p.pruned_units_),
@@ -134,6 +144,7 @@ def run_entry(zm, nc, only=None, filter_params=None, known=None):
     if want("FinePruner") or want("BBD"):
         timed("FinePruner", fine_prune)
     for name, fn in (("Unlearner", unlearn), ("Unlearner fallback", unlearn_or_fine_prune),
+                     ("Unlearner stamp 0", unlearn_no_trigger),
                      ("NeuronPruner", neuron_prune), ("ActivationFilter", activation_filter), ("BBD", bbd)):
         if want(name):
             timed(name, fn)
@@ -147,8 +158,8 @@ def run(spec, cache, done, only, filter_params=None):
     entry.update(name=spec.name, data=spec.data, arch=spec.arch, attack=spec.attack, trigger=spec.trigger_kind,
                  targets=list(spec.target_labels), accuracy=zm.clean_accuracy, attack_success=zm.attack_success,
                  flagged=[int(v) for v in nc.flagged_labels_], nc_seconds=nc_seconds)
-    todo = [n for n in (only or ["FinePruner", "Unlearner", "Unlearner fallback", "NeuronPruner", "ActivationFilter",
-                                 "BBD"])
+    todo = [n for n in (only or ["FinePruner", "Unlearner", "Unlearner fallback", "Unlearner stamp 0", "NeuronPruner",
+                                 "ActivationFilter", "BBD"])
             if n not in entry]
     if todo:
         entry.update(run_entry(zm, nc, only=todo, filter_params=filter_params, known=entry))
@@ -170,6 +181,7 @@ def criteria():
         ("Unlearner fed by NC, no_trigger='warn': ASR <= 5%, <= 3 pts", 0.9, repair("Unlearner", 0.05, 0.03)),
         ("  same, no_trigger='fine-prune' (the default)", 0.9,
          repair("Unlearner fallback", 0.05, 0.03)),
+        ("  same fine-tuning, stamp_fraction=0 (no trigger)", None, repair("Unlearner stamp 0", 0.05, 0.03)),
         ("FinePruner: ASR <= 5%, <= 3 pts lost", 0.9, repair("FinePruner", 0.05, 0.03)),
         ("NeuronPruner fed by NC: ASR <= 10%, <= 5 pts lost", 0.8, repair("NeuronPruner", 0.10, 0.05)),
         ("ActivationFilter fed by NC: FNR <= 5% at FPR ~5%", 0.8,
@@ -206,7 +218,7 @@ def summary(report, rows):
         except KeyError:  # a --resume file from before this defense was added
             hits = None
         frac = "not run" if hits is None else f"{sum(hits)}/{len(hits)} = {np.mean(hits):.0%}" if hits else "-"
-        report(f"{name:<60} {frac:<14} >= {goal:.0%}")
+        report(f"{name:<60} {frac:<14} " + ("(reported)" if goal is None else f">= {goal:.0%}"))
     flagged = [r["targets"][k] in r["flagged"] for r, k in infected]
     if flagged:
         report(f"{'(NeuralCleanse flagged the case target)':<60} {sum(flagged)}/{len(flagged)}")
@@ -214,7 +226,7 @@ def summary(report, rows):
     if clean:
         report()
         report("clean entries: accuracy lost by each repair (median, max); ActivationFilter FPR; BBD clean rejected")
-        for name in ("Unlearner", "Unlearner fallback", "FinePruner", "NeuronPruner"):
+        for name in ("Unlearner", "Unlearner fallback", "Unlearner stamp 0", "FinePruner", "NeuronPruner"):
             lost = [r["accuracy"] - r[name]["accuracy"] for r in clean if name in r]
             if lost:
                 report(f"  {name:<18} {np.median(lost):.1%}, {max(lost):.1%}")
@@ -249,7 +261,7 @@ def main():
     specs = zoo_specs(args.split, data=args.data, arch=args.arch)
     rows = []
     for spec in specs:
-        redo = set(args.redo) | ({"Unlearner fallback"} if "Unlearner" in args.redo else set())
+        redo = set(args.redo) | ({"Unlearner fallback", "Unlearner stamp 0"} if "Unlearner" in args.redo else set())
         entry = {k: v for k, v in done.get(spec.name, {}).items() if k not in redo}
         if not args.report_only:
             params = {} if args.neuron_ranking is None else {"neuron_ranking": args.neuron_ranking}

@@ -33,6 +33,10 @@ from backdoorlearn import Trigger, Unlearner
 from backdoorlearn.datasets import get_data_home, load_zoo_model, zoo_specs
 from backdoorlearn.metrics import clean_accuracy
 
+#: FinePruner's fine-tuning (its defaults), for Unlearner.
+_FP_RECIPE = dict(fine_tune_epochs=120, lr=1e-2, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
+                  noise_std=0.3, noise_prob=0.5, weight_decay=0.2)
+
 #: name -> Unlearner parameters besides the triggers (None: the reversed masks binarized).
 VARIANTS = {
     "lr 2e-3": dict(lr=2e-3),
@@ -46,6 +50,11 @@ VARIANTS = {
     "40 epochs, lr 5e-3": dict(fine_tune_epochs=40, lr=5e-3),
     "binarized masks, lr 2e-3": "binarized",
     "lr 5e-3, learning-rate check": dict(lr=5e-3, validation_fraction=0.2),
+    "cosine, smoothing, shift": dict(lr=5e-3, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
+                                     validation_fraction=0.2),
+    "FinePruner's recipe": dict(_FP_RECIPE, validation_fraction=0.2),
+    "FinePruner's recipe, stamp 0": dict(_FP_RECIPE, stamp_fraction=0.0, validation_fraction=0.2),
+    "FinePruner's recipe, 40 epochs": dict(_FP_RECIPE, fine_tune_epochs=40, validation_fraction=0.2),
 }
 TARGET_ASR, TARGET_DROP = 0.05, 0.03
 

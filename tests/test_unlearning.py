@@ -59,13 +59,34 @@ def test_unlearning_with_neural_cleanse_signs(signs_bench):
     _check_target(u, b)
 
 
+#: The plain fine-tuning of earlier versions: constant-rate AdamW, no smoothing, augmentation or decay.
+PLAIN = dict(fine_tune_epochs=20, lr=5e-3, lr_schedule="constant", label_smoothing=0.0, max_shift=0, noise_std=0.0,
+             weight_decay=0.0)
+
+
 def test_clean_only_fine_tuning_leaves_backdoor(digits_bench):
-    # The paper's comparison: the same budget without the trigger does not unlearn BadNets.
+    # The paper's comparison: plain fine-tuning on the same data without the trigger does not unlearn BadNets.
     b = digits_bench
-    u = Unlearner(b.trigger, stamp_fraction=0.0, random_state=0).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+    u = Unlearner(b.trigger, stamp_fraction=0.0, random_state=0, **PLAIN).fit(b.backdoored_model, b.X_holdout,
+                                                                               b.y_holdout)
     assert not u.stamped_mask_.any()
     _, asr = _scores(u.repaired_model_, b)
     assert asr >= 0.5
+    # ... while the same plain fine-tuning with the trigger stamped does
+    u = Unlearner(b.trigger, random_state=0, **PLAIN).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+    _check_target(u, b)
+
+
+def test_recipe_parameters_reach_the_fine_tuning(digits_bench):
+    # each regularizer of the recipe changes the result, so none of them is silently dropped
+    b = digits_bench
+    base = dict(fine_tune_epochs=2, validation_fraction=0.0, random_state=0)
+    ref = model_fingerprint(Unlearner(b.trigger, **base).fit(b.backdoored_model, b.X_holdout,
+                                                             b.y_holdout).repaired_model_)
+    for change in (dict(lr_schedule="constant"), dict(label_smoothing=0.0), dict(max_shift=0, noise_std=0.0),
+                   dict(weight_decay=0.0)):
+        u = Unlearner(b.trigger, **base, **change).fit(b.backdoored_model, b.X_holdout, b.y_holdout)
+        assert model_fingerprint(u.repaired_model_) != ref, change
 
 
 def test_duck_typed_cleanse_and_empty(digits_bench):

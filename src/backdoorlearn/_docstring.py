@@ -53,6 +53,36 @@ validation_fraction : float in [0, 0.5], default=0.2
     rate, so where ``lr`` passes it is the model without the check. Where
     every rate loses, the best is kept and the repair warns. ``0`` skips
     the check. It costs one to three extra fine-tunings.""",
+    "fine_tune_recipe": """\
+lr_schedule : {"cosine", "constant"}, default="cosine"
+    ``"cosine"`` anneals the learning rate from ``lr`` to 0 over the
+    epochs: the large early steps move the weights off the backdoor, the
+    small late ones settle clean accuracy.
+label_smoothing : float in [0, 1), default=0.1
+    Label smoothing of the fine-tuning's cross-entropy, a standard
+    regularizer against over-fitting a few hundred images.
+max_shift : int, default=1
+    Data augmentation of the fine-tuning: each image not drawn for noise
+    (see ``noise_prob``) is translated by up to ``max_shift`` pixels each
+    way (zero fill), drawn anew per image and batch, which stretches the
+    defender's few images. ``0`` leaves those images as they are.
+noise_std : float, default=0.3
+    Standard deviation of the Gaussian noise added to the images drawn
+    for noise (inputs scaled to [0, 1]; ``0`` disables it). A patch
+    trigger sits where clean images are blank, so clean data give no
+    gradient to the weights that read it, and when the backdoor lives in
+    the channels clean data keep active neither pruning nor clean
+    fine-tuning changes them. Noise excites those inputs with the true
+    labels attached, so fine-tuning overwrites the trigger's weights;
+    training with input noise is also a classical regularizer (Bishop,
+    1995).
+noise_prob : float in [0, 1], default=0.5
+    Probability that an image is given noise rather than a shift: half
+    keeps most images close to the clean distribution.
+weight_decay : float, default=0.2
+    AdamW's decoupled weight decay during fine-tuning. Clean data give no
+    gradient to weights only the trigger uses, so decay erodes them, the
+    weight-level analogue of pruning dormant neurons.""",
     "lr_search": """\
 lr_ : float
     The learning rate of the fine-tuning (see ``validation_fraction``).

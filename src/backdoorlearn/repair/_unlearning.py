@@ -6,11 +6,11 @@ import numbers
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, torch_seed
-from ..models._training import fine_tune
+from ..models._training import ShiftOrNoise, fine_tune
 from ._base import NO_TRIGGER, BaseRepair
 
 __all__ = ["Unlearner"]
@@ -35,21 +35,17 @@ class Unlearner(BaseRepair):
     {triggers}
     stamp_fraction : float in [0, 1], default=0.2
         Fraction of ``X`` that carries a trigger, split evenly between the
-        triggers: the paper's 20%. ``0`` is the clean-only fine-tuning the
-        paper compares with.
-    fine_tune_epochs : int, default=20
+        triggers: the paper's 20%. ``0`` fine-tunes on clean data only (see
+        Notes).
+    fine_tune_epochs : int, default=120
         Fine-tuning epochs. The paper trains one epoch on 10% of the
         training set (thousands of images); on the few hundred images of a
-        defender's hold-out one epoch is a handful of gradient steps, so the
-        default gives a comparable number of steps.
-    lr : float, default=5e-3
-        Learning rate of the fine-tuning (AdamW without weight decay, that
-        is Adam). The paper names no rate. Chosen on the development zoo
-        against 2e-3 (the rate the zoo's models train at), a higher
-        stamping fraction and more epochs (``benchmarks/bench_unlearner_dev.py``;
-        the held-out entries the benchmarks report played no part): with
-        NeuralCleanse's reversed triggers, the lower rate left the backdoor
-        in more models.
+        defender's hold-out one epoch is a handful of gradient steps, hence
+        many epochs.
+    lr : float, default=1e-2
+        Initial learning rate of the fine-tuning (AdamW). The paper names no
+        rate or optimizer.
+    {fine_tune_recipe}
     {validation_fraction}
     {train_batch_size}
     {batch_size}
@@ -88,19 +84,35 @@ class Unlearner(BaseRepair):
 
     Notes
     -----
-    ``stamp_fraction=0`` is the clean-only fine-tuning the paper compares
-    with (same data and budget, no trigger), which it reports leaves a
-    BadNets backdoor in place (attack success above 93%).
-
-    Deviation from the paper: 20 epochs on the defender's hold-out instead
-    of one epoch on 10% of the training set (see ``fine_tune_epochs``); the
-    optimizer and its rate are this library's choice (see ``lr``), and so is
-    the learning-rate check (``validation_fraction=0`` leaves it out).
+    Deviation from the paper, which fine-tunes one epoch on 10% of the
+    training set with an optimizer and rate it does not name: the
+    fine-tuning here is :class:`~backdoorlearn.FinePruner`'s, with its
+    defaults (120 epochs of the defender's hold-out, AdamW from ``lr=1e-2``
+    on a cosine schedule, label smoothing, weight decay and shift-or-noise
+    augmentation). It was chosen on the development zoo and the embedded
+    benchmarks (``benchmarks/bench_unlearner_dev.py``, whose output the
+    repair page of the user guide includes; the held-out entries the
+    benchmarks report played no part) against the plain constant-rate
+    AdamW fine-tuning of earlier versions, which cost residual BatchNorm
+    networks more than 3 points of clean accuracy and left more attack
+    success, and against the same recipe for 40 epochs, which cost the
+    embedded benchmarks' networks more accuracy. That recipe removes many
+    backdoors with no trigger at all, as fine-pruning does:
+    ``stamp_fraction=0`` shows what the fine-tuning alone does, and the
+    benchmarks print it beside the unlearning. ``fine_tune_epochs=20,
+    lr=5e-3, lr_schedule="constant", label_smoothing=0, max_shift=0,
+    noise_std=0, weight_decay=0`` is the earlier plain fine-tuning; with
+    ``stamp_fraction=0`` as well it is the clean-only fine-tuning the paper
+    compares with, which it reports leaves a BadNets backdoor in place
+    (attack success above 93%). The learning-rate check
+    (``validation_fraction=0`` leaves it out) is also this library's.
 
     References
     ----------
     .. [1] B. Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor
        Attacks in Neural Networks", IEEE S&P 2019, §VI-C.
+    .. [2] C. M. Bishop, "Training with Noise is Equivalent to Tikhonov
+       Regularization", Neural Computation 7(1), 1995.
 
     Examples
     --------
@@ -120,6 +132,12 @@ class Unlearner(BaseRepair):
         "stamp_fraction": [Interval(numbers.Real, 0, 1, closed="both")],
         "fine_tune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
+        "max_shift": [Interval(numbers.Integral, 0, None, closed="left")],
+        "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
+        "noise_prob": [Interval(numbers.Real, 0, 1, closed="both")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "validation_fraction": [Interval(numbers.Real, 0, 0.5, closed="both")],
         "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -129,14 +147,21 @@ class Unlearner(BaseRepair):
         "verbose": ["verbose"],
     }
 
-    def __init__(self, triggers, stamp_fraction=0.2, fine_tune_epochs=20, lr=5e-3, validation_fraction=0.2,
-                 train_batch_size=16, batch_size=256, device=None, no_trigger="fine-prune", random_state=None,
-                 verbose=0):
+    def __init__(self, triggers, stamp_fraction=0.2, fine_tune_epochs=120, lr=1e-2, lr_schedule="cosine",
+                 label_smoothing=0.1, max_shift=1, noise_std=0.3, noise_prob=0.5, weight_decay=0.2,
+                 validation_fraction=0.2, train_batch_size=16, batch_size=256, device=None, no_trigger="fine-prune",
+                 random_state=None, verbose=0):
         self.triggers = triggers
         self.no_trigger = no_trigger
         self.stamp_fraction = stamp_fraction
         self.fine_tune_epochs = fine_tune_epochs
         self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.label_smoothing = label_smoothing
+        self.max_shift = max_shift
+        self.noise_std = noise_std
+        self.noise_prob = noise_prob
+        self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.train_batch_size = train_batch_size
         self.batch_size = batch_size
@@ -164,10 +189,15 @@ class Unlearner(BaseRepair):
                 X_train[part] = trigger.apply(X[part])
                 stamped[part] = True
 
+        augment = None
+        if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
+            augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
+
         def train(rows, lr, seed, verbose):
             return fine_tune(adapter.module_copy(), X_train[rows], y[rows], classes, epochs=self.fine_tune_epochs,
                              lr=lr, batch_size=self.train_batch_size, device=adapter.device, seed=seed,
-                             verbose=verbose, desc="unlearning")
+                             verbose=verbose, desc="unlearning", weight_decay=self.weight_decay,
+                             lr_schedule=self.lr_schedule, label_smoothing=self.label_smoothing, augment=augment)
 
         net = self._checked_fine_tune(train, adapter.predict, X, y, seed=torch_seed(rng))
         self.triggers_ = [t for t, _ in pairs]
