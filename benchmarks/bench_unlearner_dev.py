@@ -1,18 +1,20 @@
 """Unlearner settings compared on the development zoo, each entry fed by its own NeuralCleanse.
 
-This is where Unlearner's defaults are chosen: only development entries, never
-the held-out ones that ``bench_pipeline.py`` reports. Every infected entry's
-``NeuralCleanse(random_state=0)`` (cached as in ``bench_pipeline.py``) feeds
-``Unlearner(nc, random_state=0, **variant)``; a case (entry, trigger) meets the
-target when its attack success on the test set is <= 5% and the clean accuracy
-lost is <= 3 points (issue 13's Unlearner target). The variants were measured
-before Unlearner checked its learning rate and run with ``validation_fraction=0``,
-except the one named for the check (today's default), and all of them before
-``no_trigger="fine-prune"`` became the default, so with ``no_trigger="warn"``:
-where NeuralCleanse flagged nothing the model stays as it was (the fallback is
-scored from FinePruner's own benchmark, ``bench_lr_check.py``).
+This is where Unlearner's defaults are chosen: only development entries and the
+embedded benchmarks, never the held-out entries that ``bench_pipeline.py`` reports.
+Every infected entry's ``NeuralCleanse(random_state=0)`` (cached as in
+``bench_pipeline.py``) feeds ``Unlearner(nc, random_state=0, no_trigger="warn",
+**variant)``: where NeuralCleanse flagged nothing the model stays as it was (the
+FinePruner fallback is scored from FinePruner's own benchmark, ``bench_lr_check.py``).
+A case (entry, trigger) meets the target when its attack success on the test set is
+<= 5% and the clean accuracy lost is <= 3 points (issue 13's Unlearner target).
+Variants run with the learning-rate check off (``validation_fraction=0``) unless
+they name it. ``--embedded`` adds the embedded digits and signs benchmarks
+(``make_backdoor_benchmark(random_state=0)``), unlearned with the true trigger and
+with their NeuralCleanse's.
 
-    python benchmarks/bench_unlearner_dev.py [--data digits mnist5k signs] [--variants ...] [--resume F]
+    python benchmarks/bench_unlearner_dev.py [--data digits mnist5k signs] [--variants ...] [--embedded]
+                                             [--resume F]
 
 ``--resume`` keeps per-entry results in a JSON file (variants found there are not
 re-run); ``--report-only`` prints its table.
@@ -29,9 +31,13 @@ import torch
 from _report import parse
 from bench_pipeline import fitted_neural_cleanse
 
-from backdoorlearn import Trigger, Unlearner
-from backdoorlearn.datasets import get_data_home, load_zoo_model, zoo_specs
-from backdoorlearn.metrics import clean_accuracy
+from backdoorlearn import NeuralCleanse, Trigger, Unlearner
+from backdoorlearn.datasets import get_data_home, load_zoo_model, make_backdoor_benchmark, zoo_specs
+from backdoorlearn.metrics import attack_success_rate, clean_accuracy
+
+#: The plain fine-tuning of Unlearner before it took FinePruner's (constant-rate AdamW, 20 epochs).
+_PLAIN = dict(fine_tune_epochs=20, lr=5e-3, lr_schedule="constant", label_smoothing=0.0, max_shift=0, noise_std=0.0,
+              weight_decay=0.0)
 
 #: FinePruner's fine-tuning (its defaults), for Unlearner.
 _FP_RECIPE = dict(fine_tune_epochs=120, lr=1e-2, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
@@ -39,18 +45,18 @@ _FP_RECIPE = dict(fine_tune_epochs=120, lr=1e-2, lr_schedule="cosine", label_smo
 
 #: name -> Unlearner parameters besides the triggers (None: the reversed masks binarized).
 VARIANTS = {
-    "lr 2e-3": dict(lr=2e-3),
-    "lr 5e-3": dict(lr=5e-3),
-    "lr 1e-2": dict(lr=1e-2),
-    "stamp 0.4, lr 2e-3": dict(stamp_fraction=0.4, lr=2e-3),
-    "stamp 0.3, lr 5e-3": dict(stamp_fraction=0.3, lr=5e-3),
-    "stamp 0.4, lr 5e-3": dict(stamp_fraction=0.4, lr=5e-3),
+    "lr 2e-3": dict(_PLAIN, lr=2e-3),
+    "lr 5e-3": dict(_PLAIN, lr=5e-3),
+    "lr 1e-2": dict(_PLAIN, lr=1e-2),
+    "stamp 0.4, lr 2e-3": dict(_PLAIN, stamp_fraction=0.4, lr=2e-3),
+    "stamp 0.3, lr 5e-3": dict(_PLAIN, stamp_fraction=0.3, lr=5e-3),
+    "stamp 0.4, lr 5e-3": dict(_PLAIN, stamp_fraction=0.4, lr=5e-3),
     "stamp 0.2 per trigger, lr 2e-3": "per-trigger",
-    "40 epochs, lr 2e-3": dict(fine_tune_epochs=40, lr=2e-3),
-    "40 epochs, lr 5e-3": dict(fine_tune_epochs=40, lr=5e-3),
+    "40 epochs, lr 2e-3": dict(_PLAIN, fine_tune_epochs=40, lr=2e-3),
+    "40 epochs, lr 5e-3": dict(_PLAIN, fine_tune_epochs=40, lr=5e-3),
     "binarized masks, lr 2e-3": "binarized",
-    "lr 5e-3, learning-rate check": dict(lr=5e-3, validation_fraction=0.2),
-    "cosine, smoothing, shift": dict(lr=5e-3, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
+    "lr 5e-3, learning-rate check": dict(_PLAIN, validation_fraction=0.2),
+    "cosine, smoothing, shift": dict(_PLAIN, lr=5e-3, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
                                      validation_fraction=0.2),
     "FinePruner's recipe": dict(_FP_RECIPE, validation_fraction=0.2),
     "FinePruner's recipe, stamp 0": dict(_FP_RECIPE, stamp_fraction=0.0, validation_fraction=0.2),
@@ -69,13 +75,13 @@ def _variant_params(variant, nc):
     spec = VARIANTS[variant]
     flagged = list(nc.flagged_labels_)
     if spec == "per-trigger":
-        return dict(triggers=nc, stamp_fraction=min(0.6, 0.2 * max(1, len(flagged))), lr=2e-3)
+        return dict(_PLAIN, triggers=nc, stamp_fraction=min(0.6, 0.2 * max(1, len(flagged))), lr=2e-3)
     if spec == "binarized":
         if not flagged:
             return None
         triggers = {label: nc.reversed_triggers_[label] for label in flagged}
         return dict(triggers={label: Trigger((t.mask > 0.5 * t.mask.max()).astype(np.float32), t.pattern)
-                              for label, t in triggers.items()}, lr=2e-3)
+                              for label, t in triggers.items()}, **dict(_PLAIN, lr=2e-3))
     return dict(triggers=nc, **spec)
 
 
@@ -90,6 +96,8 @@ def _meets(row, variant):
 def report(out, done, variants):
     out("Unlearner fed by each development entry's NeuralCleanse: cases (entry, trigger) with attack success "
         f"<= {TARGET_ASR:.0%} and <= {TARGET_DROP * 100:.0f} points of clean accuracy lost; '-': not run")
+    embedded = {k: v for k, v in done.items() if k.startswith("_embedded")}
+    done = {k: v for k, v in done.items() if not k.startswith("_embedded")}
     datas = sorted({row["data"] for row in done.values()})
     out(f"{'variant':32s} " + " ".join(f"{d:>9s}" for d in datas) + f" {'all':>9s}")
     for variant in variants:
@@ -115,6 +123,50 @@ def report(out, done, variants):
                  for v in variants if v in row]
         out(f"  {name} targets {row['targets']} flagged {row['flagged']} acc {row['accuracy']:.1%}: "
             + "; ".join(parts))
+    if embedded:
+        out("")
+        out("embedded benchmarks (make_backdoor_benchmark(random_state=0)): points of clean accuracy lost / attack "
+            "success, unlearning the true trigger | the benchmark's NeuralCleanse's triggers")
+        names = sorted(embedded)
+        out(f"{'variant':32s} " + " ".join(f"{n.split('-', 1)[1]:>27s}" for n in names))
+        for variant in variants:
+            cells = []
+            for n in names:
+                pair = [embedded[n].get(f"{variant} | {t}") for t in ("true", "nc")]
+                text = "-" if None in pair else " | ".join(
+                    f"{(embedded[n]['accuracy'] - r['accuracy']) * 100:+.1f}/{r['attack_success'][0]:.1%}" for r in pair)
+                cells.append(f"{text:>27s}")
+            out(f"{variant:32s} " + " ".join(cells))
+
+
+def run_embedded(done, data, variants, resume):
+    """Each variant on the embedded benchmark ``data``, with the true trigger and with its NeuralCleanse's."""
+    b = make_backdoor_benchmark(data, random_state=0)
+    nc = None
+    row = done.setdefault(f"_embedded-{data}",
+                          {"accuracy": clean_accuracy(b.y_test, b.backdoored_model.predict(b.X_test))})
+    for variant in variants:
+        for kind in ("true", "nc"):
+            if f"{variant} | {kind}" in row:
+                continue
+            if nc is None:
+                nc = NeuralCleanse(random_state=0).fit(b.backdoored_model, b.X_holdout)
+            params = _params(variant, nc)
+            if params is None:
+                continue
+            if kind == "true":
+                params["triggers"] = b.trigger
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = Unlearner(random_state=0, **params).fit(b.backdoored_model, b.X_holdout,
+                                                                b.y_holdout).repaired_model_
+            row[f"{variant} | {kind}"] = {
+                "accuracy": clean_accuracy(b.y_test, model.predict(b.X_test)),
+                "attack_success": [float(attack_success_rate(b.y_test, model.predict(b.X_test_triggered),
+                                                             b.target_label))]}
+            if resume:
+                Path(resume).write_text(json.dumps(done))
+    print(f"embedded {data}: done", flush=True)
 
 
 def main():
@@ -124,6 +176,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--nc-cache", default=str(Path(get_data_home()) / "nc-pipeline"))
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--embedded", action="store_true", help="also the embedded digits and signs benchmarks")
     parser.add_argument("--report-only", action="store_true")
     args, out = parse(parser, "unlearner_dev")
     torch.set_num_threads(args.threads)
@@ -152,6 +205,9 @@ def main():
                 if args.resume:
                     Path(args.resume).write_text(json.dumps(done))
             print(f"{spec.name}: done", flush=True)
+        if args.embedded:
+            for data in ("digits", "signs"):
+                run_embedded(done, data, args.variants, args.resume)
     report(out, done, args.variants)
     out.save()
 

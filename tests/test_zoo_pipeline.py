@@ -90,18 +90,10 @@ def test_fine_pruner_repairs_at_least_90_percent():
     assert share >= 0.9, hits
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "target: >= 90% of cases within 5% ASR and 3 points; benchmarks/results/bench_pipeline.txt, 'Unlearner fed "
-    "by NC' row (bounded by the targets Neural Cleanse flags, and 3-5 points lost on the residual nets)"))
 def test_unlearner_fed_by_neural_cleanse_repairs_at_least_90_percent():
+    # Unlearner(nc) with its default no_trigger="fine-prune": FinePruner where Neural Cleanse flagged nothing
     share, hits = _share(UNLEARNER)
     assert share >= 0.9, hits
-
-
-def test_unlearner_floor():
-    # a floor under what the chain reaches, so that a regression fails while the target stays an expected failure
-    share, hits = _share(UNLEARNER)
-    assert share >= 0.3, hits
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
