@@ -55,10 +55,10 @@ VARIANTS = {
     "40 epochs, lr 2e-3": dict(_PLAIN, fine_tune_epochs=40, lr=2e-3),
     "40 epochs, lr 5e-3": dict(_PLAIN, fine_tune_epochs=40, lr=5e-3),
     "binarized masks, lr 2e-3": "binarized",
-    "lr 5e-3, learning-rate check": dict(_PLAIN, validation_fraction=0.2),
+    "plain, learning-rate check (old default)": dict(_PLAIN, validation_fraction=0.2),
     "cosine, smoothing, shift": dict(_PLAIN, lr=5e-3, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
                                      validation_fraction=0.2),
-    "FinePruner's recipe": dict(_FP_RECIPE, validation_fraction=0.2),
+    "FinePruner's recipe (the default)": dict(_FP_RECIPE, validation_fraction=0.2),
     "FinePruner's recipe, stamp 0": dict(_FP_RECIPE, stamp_fraction=0.0, validation_fraction=0.2),
     "FinePruner's recipe, 40 epochs": dict(_FP_RECIPE, fine_tune_epochs=40, validation_fraction=0.2),
 }
@@ -99,7 +99,7 @@ def report(out, done, variants):
     embedded = {k: v for k, v in done.items() if k.startswith("_embedded")}
     done = {k: v for k, v in done.items() if not k.startswith("_embedded")}
     datas = sorted({row["data"] for row in done.values()})
-    out(f"{'variant':32s} " + " ".join(f"{d:>9s}" for d in datas) + f" {'all':>9s}")
+    out(f"{'variant':42s} " + " ".join(f"{d:>9s}" for d in datas) + f" {'all':>9s}")
     for variant in variants:
         cells, hits, total, complete = [], 0, 0, True
         for d in datas:
@@ -114,7 +114,7 @@ def report(out, done, variants):
             hits, total = hits + h, total + n
             cells.append(f"{f'{h}/{n}':>9s}")
         all_cell = f"{hits}/{total}" if complete else "-"
-        out(f"{variant:32s} " + " ".join(cells) + f" {all_cell:>9s}")
+        out(f"{variant:42s} " + " ".join(cells) + f" {all_cell:>9s}")
     out("")
     out("per entry: targets, labels NeuralCleanse flagged, clean accuracy, then clean accuracy / attack success "
         "of each variant run")
@@ -128,7 +128,7 @@ def report(out, done, variants):
         out("embedded benchmarks (make_backdoor_benchmark(random_state=0)): points of clean accuracy lost / attack "
             "success, unlearning the true trigger | the benchmark's NeuralCleanse's triggers")
         names = sorted(embedded)
-        out(f"{'variant':32s} " + " ".join(f"{n.split('-', 1)[1]:>27s}" for n in names))
+        out(f"{'variant':42s} " + " ".join(f"{n.split('-', 1)[1]:>27s}" for n in names))
         for variant in variants:
             cells = []
             for n in names:
@@ -136,7 +136,7 @@ def report(out, done, variants):
                 text = "-" if None in pair else " | ".join(
                     f"{(embedded[n]['accuracy'] - r['accuracy']) * 100:+.1f}/{r['attack_success'][0]:.1%}" for r in pair)
                 cells.append(f"{text:>27s}")
-            out(f"{variant:32s} " + " ".join(cells))
+            out(f"{variant:42s} " + " ".join(cells))
 
 
 def run_embedded(done, data, variants, resume):
