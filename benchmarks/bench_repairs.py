@@ -27,6 +27,8 @@ PLAIN_FINE_TUNING = dict(fine_tune_epochs=30, lr_schedule="constant", label_smoo
 # (as in tests/test_pruning_aware_attack.py; None: the benchmark's training rate).
 ATTACK_EPOCHS = {"digits": 20, "signs": 12}
 ATTACK_LR = {"digits": None, "signs": 3e-3}
+#: Unlearner's fine-tuning before it took FinePruner's: 20 epochs of constant-rate AdamW at 5e-3.
+PLAIN_UNLEARNING = dict(PLAIN_FINE_TUNING, fine_tune_epochs=20, lr=5e-3)
 
 PAPER = {
     "backdoored": "-",
@@ -36,7 +38,9 @@ PAPER = {
     "NeuronPruner (true trigger)": "NC VI-B: ASR ~0% for 5.06 pts lost (GTSRB, 30% pruned)",
     "Unlearner (true trigger)": "NC VI-C original trigger: slightly below reversed",
     "Unlearner (NeuralCleanse)": "NC VI-C: ASR < 6.70%, <= 3.6 pts lost",
-    "clean fine-tuning (same budget)": "NC VI-C: ASR > 93.37% (BadNets)",
+    "Unlearner, nothing stamped": "its fine-tuning without the trigger (stamp_fraction=0)",
+    "Unlearner, plain fine-tuning": "NC VI-C with constant-rate AdamW (the old default)",
+    "clean plain fine-tuning": "NC VI-C: ASR > 93.37% (BadNets)",
     "pruning-aware attack": "Fine-Pruning §4 (adaptive attack)",
     "  then pruning alone": "Fine-Pruning: defeated by the attack",
     "  then FinePruner": "Fine-Pruning: attack success to ~0% (faces)",
@@ -55,7 +59,10 @@ def run(out, dataset, seed, cleanse, pruning_aware):
         ("FinePruner, plain fine-tuning", lambda: FinePruner(random_state=0, **PLAIN_FINE_TUNING)),
         ("NeuronPruner (true trigger)", lambda: NeuronPruner({b.target_label: b.trigger})),
         ("Unlearner (true trigger)", lambda: Unlearner(b.trigger, random_state=0)),
-        ("clean fine-tuning (same budget)", lambda: Unlearner(b.trigger, stamp_fraction=0.0, random_state=0)),
+        ("Unlearner, nothing stamped", lambda: Unlearner(b.trigger, stamp_fraction=0.0, random_state=0)),
+        ("Unlearner, plain fine-tuning", lambda: Unlearner(b.trigger, random_state=0, **PLAIN_UNLEARNING)),
+        ("clean plain fine-tuning", lambda: Unlearner(b.trigger, stamp_fraction=0.0, random_state=0,
+                                                      **PLAIN_UNLEARNING)),
     ]
     rows = [("backdoored", m, 0.0, "")]
     if cleanse:
