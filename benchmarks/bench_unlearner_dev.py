@@ -31,7 +31,7 @@ import torch
 from _report import parse
 from bench_pipeline import fitted_neural_cleanse
 
-from backdoorlearn import NeuralCleanse, Trigger, Unlearner
+from backdoorlearn import FinePruner, NeuralCleanse, Trigger, Unlearner
 from backdoorlearn.datasets import get_data_home, load_zoo_model, make_backdoor_benchmark, zoo_specs
 from backdoorlearn.metrics import attack_success_rate, clean_accuracy
 
@@ -40,8 +40,7 @@ _PLAIN = dict(fine_tune_epochs=20, lr=5e-3, lr_schedule="constant", label_smooth
               weight_decay=0.0)
 
 #: FinePruner's fine-tuning (its defaults), for Unlearner.
-_FP_RECIPE = dict(fine_tune_epochs=120, lr=1e-2, lr_schedule="cosine", label_smoothing=0.1, max_shift=1,
-                  noise_std=0.3, noise_prob=0.5, weight_decay=0.2)
+_FP_RECIPE = {k: v for k, v in FinePruner().get_params().items() if k in _PLAIN or k == "noise_prob"}
 
 #: name -> Unlearner parameters besides the triggers (None: the reversed masks binarized).
 VARIANTS = {
@@ -133,8 +132,9 @@ def report(out, done, variants):
             cells = []
             for n in names:
                 pair = [embedded[n].get(f"{variant} | {t}") for t in ("true", "nc")]
+                base = embedded[n]["accuracy"]
                 text = "-" if None in pair else " | ".join(
-                    f"{(embedded[n]['accuracy'] - r['accuracy']) * 100:+.1f}/{r['attack_success'][0]:.1%}" for r in pair)
+                    f"{(base - r['accuracy']) * 100:+.1f}/{r['attack_success'][0]:.1%}" for r in pair)
                 cells.append(f"{text:>27s}")
             out(f"{variant:42s} " + " ".join(cells))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from abc import ABCMeta, abstractmethod
 
@@ -11,16 +12,28 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
-from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._utils import check_images, check_label_value, check_labels
 from ..metrics import attack_success_rate, clean_accuracy
 from ..models import ImageClassifierNet, ModelAdapter
 from ..models._adapter import NonFiniteOutputError
 from ..models._surgery import OutputMask, UnitMask, masked_units, zero_units
+from ..models._training import ShiftOrNoise
 
 #: The values of the ``no_trigger`` parameter of the trigger-fed repairs.
 NO_TRIGGER = StrOptions({"warn", "fine-prune", "raise"})
+
+#: Constraints of the fine-tuning recipe's parameters (``SHARED["fine_tune_recipe"]``), shared by the repairs that
+#: fine-tune (FinePruner, Unlearner).
+FINE_TUNE_RECIPE_CONSTRAINTS = {
+    "lr_schedule": [StrOptions({"cosine", "constant"})],
+    "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
+    "max_shift": [Interval(numbers.Integral, 0, None, closed="left")],
+    "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
+    "noise_prob": [Interval(numbers.Real, 0, 1, closed="both")],
+    "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+}
 
 __all__ = ["BaseRepair", "PruningSearch", "RepairWarning", "bisect_first", "checked_learning_rate"]
 
@@ -197,6 +210,14 @@ class BaseRepair(BaseEstimator, metaclass=ABCMeta):
     def _accuracy_budget(self):
         """Clean accuracy the repair may lose: ``max_accuracy_drop`` where it has one."""
         return float(self.get_params(deep=False).get("max_accuracy_drop", self._default_accuracy_budget))
+
+    def _fine_tune_recipe(self):
+        """The keyword arguments of ``fine_tune`` set by the recipe parameters (``FINE_TUNE_RECIPE_CONSTRAINTS``)."""
+        augment = None
+        if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
+            augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
+        return dict(weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
+                    label_smoothing=self.label_smoothing, augment=augment)
 
     def _checked_fine_tune(self, train, reference, X, y, seed):
         """Fine-tune on all of ``X`` at the rate :func:`checked_learning_rate` keeps; set ``lr_``, ``lr_search_``.

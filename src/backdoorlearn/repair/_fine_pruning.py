@@ -14,8 +14,8 @@ from torch import nn
 
 from ..models._structure import CONV_LAYERS
 from ..models._surgery import unit_activations, unit_site
-from ..models._training import ShiftOrNoise, fine_tune
-from ._base import BaseRepair, PruningSearch
+from ..models._training import fine_tune
+from ._base import FINE_TUNE_RECIPE_CONSTRAINTS, BaseRepair, PruningSearch
 
 __all__ = ["FinePruner"]
 
@@ -246,12 +246,7 @@ class FinePruner(BaseRepair):
         "max_accuracy_drop": [Interval(numbers.Real, 0, 1, closed="both")],
         "fine_tune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
-        "lr_schedule": [StrOptions({"cosine", "constant"})],
-        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
-        "max_shift": [Interval(numbers.Integral, 0, None, closed="left")],
-        "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
-        "noise_prob": [Interval(numbers.Real, 0, 1, closed="both")],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        **FINE_TUNE_RECIPE_CONSTRAINTS,
         "validation_fraction": [Interval(numbers.Real, 0, 0.5, closed="both")],
         "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -372,17 +367,13 @@ class FinePruner(BaseRepair):
         else:
             k = self._n_for_ratio(self.prune_ratio, scores)
 
-        augment = None
-        if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
-            augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
+        recipe = self._fine_tune_recipe()
 
         def train(rows, lr, seed, verbose):
             module, mask = search.pruned_copy(k)
             return fine_tune(module, X[rows], y[rows], classes, epochs=self.fine_tune_epochs, lr=lr,
                              batch_size=self.train_batch_size, device=work.device, seed=seed,
-                             verbose=verbose, callbacks=[mask], desc="fine-pruning",
-                             weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
-                             label_smoothing=self.label_smoothing, augment=augment)
+                             verbose=verbose, callbacks=[mask], desc="fine-pruning", **recipe)
 
         net = self._checked_fine_tune(train, work.predict, X, y, seed=torch_seed(rng))
 

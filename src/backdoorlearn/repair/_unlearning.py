@@ -6,12 +6,12 @@ import numbers
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 
 from .._docstring import fill_doc
 from .._utils import DEVICE_CONSTRAINT, torch_seed
-from ..models._training import ShiftOrNoise, fine_tune
-from ._base import NO_TRIGGER, BaseRepair
+from ..models._training import fine_tune
+from ._base import FINE_TUNE_RECIPE_CONSTRAINTS, NO_TRIGGER, BaseRepair
 
 __all__ = ["Unlearner"]
 
@@ -132,12 +132,7 @@ class Unlearner(BaseRepair):
         "stamp_fraction": [Interval(numbers.Real, 0, 1, closed="both")],
         "fine_tune_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
-        "lr_schedule": [StrOptions({"cosine", "constant"})],
-        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
-        "max_shift": [Interval(numbers.Integral, 0, None, closed="left")],
-        "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
-        "noise_prob": [Interval(numbers.Real, 0, 1, closed="both")],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        **FINE_TUNE_RECIPE_CONSTRAINTS,
         "validation_fraction": [Interval(numbers.Real, 0, 0.5, closed="both")],
         "train_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -189,15 +184,12 @@ class Unlearner(BaseRepair):
                 X_train[part] = trigger.apply(X[part])
                 stamped[part] = True
 
-        augment = None
-        if self.max_shift > 0 or (self.noise_std > 0 and self.noise_prob > 0):
-            augment = ShiftOrNoise(self.max_shift, self.noise_std, self.noise_prob)
+        recipe = self._fine_tune_recipe()
 
         def train(rows, lr, seed, verbose):
             return fine_tune(adapter.module_copy(), X_train[rows], y[rows], classes, epochs=self.fine_tune_epochs,
                              lr=lr, batch_size=self.train_batch_size, device=adapter.device, seed=seed,
-                             verbose=verbose, desc="unlearning", weight_decay=self.weight_decay,
-                             lr_schedule=self.lr_schedule, label_smoothing=self.label_smoothing, augment=augment)
+                             verbose=verbose, desc="unlearning", **recipe)
 
         net = self._checked_fine_tune(train, adapter.predict, X, y, seed=torch_seed(rng))
         self.triggers_ = [t for t, _ in pairs]
