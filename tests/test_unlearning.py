@@ -131,6 +131,10 @@ def test_errors(digits_bench):
         Unlearner(b.trigger, stamp_fraction=1.5).fit(m, X, y)
     with raises_naming("fine_tune_epochs"):
         Unlearner(b.trigger, fine_tune_epochs=-1).fit(m, X, y)
+    for bad in (dict(lr_schedule="step"), dict(label_smoothing=1.0), dict(max_shift=-1), dict(noise_std=-0.1),
+                dict(noise_prob=1.5), dict(weight_decay=-1.0)):
+        with raises_naming(next(iter(bad))):
+            Unlearner(b.trigger, **bad).fit(m, X, y)
     with raises_naming("X", match="NaN"):
         Xn = X.copy(); Xn[0, 0, 0, 0] = np.nan
         Unlearner(b.trigger).fit(m, Xn, y)
