@@ -61,6 +61,20 @@ def test_a_burst_during_the_sweep_is_corrected_by_the_second_look(monkeypatch):
     assert calls[12:] == [64, 256] * 3
 
 
+def test_a_size_the_budget_cut_short_gets_the_second_look(monkeypatch):
+    # 64 is truly 10% faster per item than 8, but the budget ends the sweep after
+    # one timed call of it, and a burst slowed that call by 60%: it looks 45%
+    # slower, beyond refine_within. Its one unlucky call does not decide it: it
+    # is timed again in turns with 8, and wins.
+    per_item = {8: 1.1e-5, 64: 1e-5}
+    burst = {64: (1.6, 2)}  # its warm-up and its one timed call of the sweep
+    run, calls = _probe(monkeypatch, per_item, burst)
+    size, timings = _batching.fastest_size(run, (8, 64), budget_s=1.5e-3)
+    assert calls[:6] == [8] * 4 + [64] * 2  # the sweep: 64 had one timed call
+    assert size == 64
+    assert timings[64] == pytest.approx(1e-5)
+
+
 def test_far_sizes_are_not_timed_again_and_the_cache_holds(monkeypatch):
     _batching.clear_cache()
     run, calls = _probe(monkeypatch, {16: 1e-5, 64: 5e-5, 256: 9e-5, 1024: 1e-6})

@@ -105,7 +105,9 @@ def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3,
     within ``refine_within`` of the best are therefore timed again, in turns
     (one call of each per round, so a load change hits them all), for up to
     ``repeats`` more rounds and another ``budget_s`` seconds, and each keeps
-    its best time of the sweep and the rounds.
+    its best time of the sweep and the rounds, and so are the sizes that the
+    budget cut short of their ``repeats`` timed calls in the sweep (the last
+    ones reached), unless more than 1.5 times slower than the best.
 
     Parameters
     ----------
@@ -154,22 +156,28 @@ def fastest_size(run, sizes=DEFAULT_SIZES, *, key=None, budget_s=0.5, repeats=3,
         sync()
         return (time.perf_counter() - t0) / size
 
-    timings, slower = {}, 0
+    timings, calls, slower = {}, {}, 0
     start = time.perf_counter()
     for size in sizes:
         if timings and time.perf_counter() - start > budget_s:
             break
         run(size)  # warm-up
-        best = float("inf")
+        best, calls[size] = float("inf"), 0
         for _ in range(max(1, repeats)):
             best = min(best, timed(size))
+            calls[size] += 1
             if time.perf_counter() - start > budget_s:
                 break
         timings[size] = best
         slower = slower + 1 if timings[size] > 1.5 * min(timings.values()) else 0
         if slower == 2:
             break
-    close = [s for s in timings if timings[s] <= (1 + refine_within) * min(timings.values())]
+    fastest = min(timings.values())
+    # the second look: the sizes close to the best, and those the budget cut short of their
+    # timed calls (one unlucky call would otherwise decide them) unless the sweep's own
+    # "more than 1.5 times slower" rule rules them out
+    close = [s for s in timings if timings[s] <= (1 + refine_within) * fastest
+             or (calls[s] < max(1, repeats) and timings[s] <= 1.5 * fastest)]
     start = time.perf_counter()
     for _ in range(max(1, repeats) if len(close) > 1 else 0):
         for size in close:
