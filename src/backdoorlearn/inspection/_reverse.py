@@ -205,17 +205,11 @@ def reverse_chunk(model, X, tasks, cfg, *, device, progress=None):
         tgt_rep = tgt.repeat_interleave(B)
         for _ in range(cfg["batches_per_step"]):
             idx = np.stack([streams[i].take(B) for i in active])  # (k, B)
-            xb = X_t[torch.from_numpy(idx).to(dev)]  # (k, B, C, H, W)
-            logits, reg, g_mask, g_pat = _step(model, xb, mask_p, pattern_p, tgt_rep, costs, (lo, hi))
-            mask_p = mask_p.detach()
-            pattern_p = pattern_p.detach()
             adam_step += 1
-            with torch.no_grad():
-                _adam(mask_p, g_mask, state["m_mask"], state["v_mask"], adam_step, cfg["lr"], cfg["betas"])
-                _adam(pattern_p, g_pat, state["m_pat"], state["v_pat"], adam_step, cfg["lr"], cfg["betas"])
-                hit = (logits.argmax(dim=1) == tgt_rep).float().view(k_act, B).mean(dim=1)
-            acc_sum += hit.cpu().numpy()
-            reg_sum += reg.detach().cpu().numpy()
+            mask_p, pattern_p, hit, reg = _minibatch(model, X_t, idx, mask_p, pattern_p, state, adam_step,
+                                                     tgt_rep, costs, cfg)
+            acc_sum += hit
+            reg_sum += reg
         acc = acc_sum / cfg["batches_per_step"]
         reg_avg = reg_sum / cfg["batches_per_step"]
         with torch.no_grad():
@@ -242,6 +236,25 @@ def reverse_chunk(model, X, tasks, cfg, *, device, progress=None):
         if not active:
             break
     return results
+
+
+def _minibatch(model, X_t, idx, mask_p, pattern_p, state, adam_step, tgt_rep, costs, cfg):
+    """One mini-batch of K triggers: gather, stamp, loss and gradient, Adam; (mask_p, pattern_p, hit, reg).
+
+    ``idx`` is the ``(K, B)`` array of image indices; ``hit`` and ``reg``
+    come back as numpy arrays of shape ``(K,)`` (attack success on the
+    mini-batch, mask L1 norm). The timing probe runs this same function.
+    """
+    k, b = idx.shape
+    xb = X_t[torch.from_numpy(idx).to(X_t.device)]  # (k, B, C, H, W)
+    logits, reg, g_mask, g_pat = _step(model, xb, mask_p, pattern_p, tgt_rep, costs, cfg["pattern_range"])
+    mask_p = mask_p.detach()
+    pattern_p = pattern_p.detach()
+    with torch.no_grad():
+        _adam(mask_p, g_mask, state["m_mask"], state["v_mask"], adam_step, cfg["lr"], cfg["betas"])
+        _adam(pattern_p, g_pat, state["m_pat"], state["v_pat"], adam_step, cfg["lr"], cfg["betas"])
+        hit = (logits.argmax(dim=1) == tgt_rep).float().view(k, b).mean(dim=1)
+    return mask_p, pattern_p, hit.cpu().numpy(), reg.detach().cpu().numpy()
 
 
 def _step(model, xb, mask_p, pattern_p, tgt_rep, costs, pattern_range):
@@ -273,10 +286,12 @@ def _step(model, xb, mask_p, pattern_p, tgt_rep, costs, pattern_range):
 def step_probe(model, X, batch, pattern_range, *, device):
     """``run(k)``: one mini-batch step of ``k`` triggers on ``X``, for a timing probe.
 
-    The work of one step of :func:`reverse_chunk` with ``k`` tasks: the
-    gather of ``k x batch`` images, the stamping, the forward pass and the
-    gradient with respect to the masks and patterns. Nothing is optimized and
-    no random generator is drawn from.
+    The work of one mini-batch of :func:`reverse_chunk` with ``k`` tasks
+    (:func:`_minibatch`): the gather of ``k x batch`` images, the stamping,
+    the forward pass, the gradient with respect to the masks and patterns,
+    both Adam updates and the copy of the step's attack success and norms to
+    the host. The parameters optimized are the probe's own zeros; no random
+    generator is drawn from.
 
     Parameters
     ----------
@@ -299,14 +314,17 @@ def step_probe(model, X, batch, pattern_range, *, device):
     n, c, h, w = X.shape
     X_t = as_tensor(X).to(dev)
     rows = np.arange(batch) % n
+    cfg = {"pattern_range": pattern_range, "lr": 0.1, "betas": (0.5, 0.9)}
 
     def run(k):
-        idx = torch.from_numpy(np.tile(rows, (k, 1))).to(dev)
+        idx = np.tile(rows, (k, 1))
         mask_p = torch.zeros((k, 1, h, w), device=dev)
         pattern_p = torch.zeros((k, c, h, w), device=dev)
+        state = {"m_mask": torch.zeros_like(mask_p), "v_mask": torch.zeros_like(mask_p),
+                 "m_pat": torch.zeros_like(pattern_p), "v_pat": torch.zeros_like(pattern_p)}
         tgt_rep = torch.zeros(k * batch, dtype=torch.long, device=dev)
         costs = torch.full((k,), 1e-3, device=dev)
-        _step(model, X_t[idx], mask_p, pattern_p, tgt_rep, costs, pattern_range)
+        _minibatch(model, X_t, idx, mask_p, pattern_p, state, 1, tgt_rep, costs, cfg)
 
     return run
 
