@@ -69,6 +69,13 @@ def test_auto_chunk_is_bit_identical_to_one_label_at_a_time(digits_bench, one_at
     assert one_at_a_time.label_chunk_size_ == 1 and one_at_a_time.label_chunk_timings_ is None
 
 
+def test_the_default_chooses_the_chunk_by_measurement(digits_bench, one_at_a_time, counted_probe):
+    nc = _fit(digits_bench, **SHORT)
+    assert counted_probe and nc.label_chunk_timings_  # the probe ran and its timings are on the estimator
+    assert nc.label_chunk_size_ == _neural_cleanse._cheapest_chunking(4, nc.label_chunk_timings_)
+    _assert_same(nc, one_at_a_time)
+
+
 def test_chosen_chunking_changes_nothing(digits_bench, one_at_a_time, monkeypatch):
     # whatever the probe finds on this machine: timings that make two chunks of 2 the cheapest
     timings = {1: 3.0, 2: 1.0, 4: 2.0}
@@ -85,6 +92,12 @@ def test_chunking_counts_the_remainder_chunk():
     assert _neural_cleanse._cheapest_chunking(10, timings) == 10
     assert _neural_cleanse._cheapest_chunking(16, timings) == 8
     assert _neural_cleanse._cheapest_chunking(3, {1: 1.0, 2: 0.5}) == 2
+
+
+def test_chunking_keeps_fewer_chunks_unless_more_cost_clearly_less():
+    # two chunks of 5 cost 4.0, one chunk of 10: 4.5 (12.5% more) is kept, 4.7 (17.5% more) is not
+    assert _neural_cleanse._cheapest_chunking(10, {1: 1.0, 2: 0.5, 5: 0.40, 10: 0.45}) == 10
+    assert _neural_cleanse._cheapest_chunking(10, {1: 1.0, 2: 0.5, 5: 0.40, 10: 0.47}) == 5
 
 
 def test_explicit_chunk_size_wins_and_is_recorded(digits_bench, one_at_a_time, counted_probe):

@@ -27,6 +27,7 @@ __all__ = ["NeuralCleanse", "mad_anomaly_index"]
 _MAD_CONSTANT = 1.4826  # consistency constant of the MAD for a normal distribution
 _EARLY_STOP_THRESHOLD = 0.99  # reference code: the best norm must drop by 1% to count
 _FORWARD_BUDGET = 2**18  # input values per forward pass when label_chunk_size=None
+_FEWER_CHUNKS_MARGIN = 0.15  # label_chunk_size="auto": fewer chunks unless more cost >15% less (see _cheapest_chunking)
 _SETTLE_THRESHOLD = 0.99  # settle_patience: an improvement of the best norm by less than 1% does not count
 _DEFAULT_THRESHOLD = {"log-mad": 3.5, "mad": 2.0}
 
@@ -165,11 +166,11 @@ class NeuralCleanse(BaseEstimator):
         initialisations. The smallest norm reaching the threshold is kept
         (the problem is a minimization) and the spread of the model-level
         index over restarts is reported in ``restart_anomaly_indices_``.
-    label_chunk_size : int, "auto" or None, default=None
+    label_chunk_size : int, "auto" or None, default="auto"
         Triggers optimized together in one ``(K, ...)`` tensor (a memory
         bound and a speed setting; the result does not depend on it).
-        ``"auto"`` chooses K by measurement: a short timing probe (at most
-        about half a second) of one optimization step (forward pass and input
+        ``"auto"`` chooses K by measurement: a short timing probe (about a
+        second at most) of one optimization step (forward pass and input
         gradient of ``K x train_batch_size`` stamped images) for K = 1, 2, 4,
         ... up to one job's share of the triggers keeps the K whose chunks
         (and remainder chunk) take the least time for all triggers by the
@@ -178,9 +179,12 @@ class NeuralCleanse(BaseEstimator):
         the probe runs once per process for a model shape. ``None`` splits
         them evenly over ``n_jobs`` with at most about ``2**18`` input values
         per forward pass: every label of small images at once, a few labels
-        of larger ones, whose feature maps would otherwise outgrow a CPU's
-        caches. An int is used as given; ``1`` is the one-label-at-a-time
-        reference. The K used is ``label_chunk_size_``.
+        of larger ones. That fixed rule was the default; on one CPU thread
+        it batched all 10 labels of a 28x28 CNN, slower than one label at a
+        time, where the probe's K of 2-4 was faster
+        (``benchmarks/results/nc_speed.txt``). An int is used as given;
+        ``1`` is the one-label-at-a-time reference. The K used is
+        ``label_chunk_size_``.
     settle_patience : int or None, default=None
         Stop a trigger once its smallest mask reaching the threshold (the
         best one, which is what is kept) has not shrunk by more than 1% for
@@ -370,7 +374,7 @@ class NeuralCleanse(BaseEstimator):
     def __init__(self, init_cost=1e-3, lr=0.1, steps=100, attack_success_threshold=0.99, patience=5,
                  cost_multiplier=1.5, early_stop_patience=None, labels=None, pairs=None, mode="full",
                  fast_steps=10, fast_top_k=None, fast_n_random=None, decision_rule="log-mad",
-                 anomaly_threshold=None, n_restarts=1, label_chunk_size=None, settle_patience=None,
+                 anomaly_threshold=None, n_restarts=1, label_chunk_size="auto", settle_patience=None,
                  train_batch_size=32, samples_per_step=None, device=None, n_jobs=None, random_state=None,
                  verbose=0):
         self.init_cost = init_cost
@@ -728,6 +732,13 @@ def _cheapest_chunking(n_tasks, timings):
     t(r)``, with ``t(r)`` the timing of the largest K probed not above ``r``
     (per-trigger time falls with K): a fastest K of 8 for 10 labels loses to
     one chunk of 10 when the chunk of 2 left over runs twice as slow per label.
+    A larger K is kept unless a smaller one costs more than
+    ``_FEWER_CHUNKS_MARGIN`` less: each chunk runs its own per-step loop
+    (the cost schedules, the best-mask copies) that the probe does not time,
+    and the triggers leaving a chunk as they stop shrink a small chunk to a
+    slower K sooner than a large one. On the digits model the probe put
+    K=4 and K=8 within 10% of K=10, whose real run was 20% faster; its
+    timings vary by 10-15% from one probe to the next.
     """
     probed = sorted(timings)
 
@@ -736,7 +747,8 @@ def _cheapest_chunking(n_tasks, timings):
         t_rest = timings[max(p for p in probed if p <= rest)] if rest else 0.0
         return full * k * timings[k] + rest * t_rest
 
-    return int(min(probed, key=lambda k: (cost(k), -k)))
+    cheapest = min(cost(k) for k in probed)
+    return int(max(k for k in probed if cost(k) <= (1 + _FEWER_CHUNKS_MARGIN) * cheapest))
 
 
 def _rank(result):
