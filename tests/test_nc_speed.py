@@ -69,13 +69,6 @@ def test_auto_chunk_is_bit_identical_to_one_label_at_a_time(digits_bench, one_at
     assert one_at_a_time.label_chunk_size_ == 1 and one_at_a_time.label_chunk_timings_ is None
 
 
-def test_the_default_chooses_the_chunk_by_measurement(digits_bench, one_at_a_time, counted_probe):
-    nc = _fit(digits_bench, **SHORT)
-    assert counted_probe and nc.label_chunk_timings_  # the probe ran and its timings are on the estimator
-    assert nc.label_chunk_size_ == _neural_cleanse._cheapest_chunking(4, nc.label_chunk_timings_)
-    _assert_same(nc, one_at_a_time)
-
-
 def test_chosen_chunking_changes_nothing(digits_bench, one_at_a_time, monkeypatch):
     # whatever the probe finds on this machine: timings that make two chunks of 2 the cheapest
     timings = {1: 3.0, 2: 1.0, 4: 2.0}

@@ -166,25 +166,28 @@ class NeuralCleanse(BaseEstimator):
         initialisations. The smallest norm reaching the threshold is kept
         (the problem is a minimization) and the spread of the model-level
         index over restarts is reported in ``restart_anomaly_indices_``.
-    label_chunk_size : int, "auto" or None, default="auto"
+    label_chunk_size : int, "auto" or None, default=None
         Triggers optimized together in one ``(K, ...)`` tensor (a memory
         bound and a speed setting; the result does not depend on it).
-        ``"auto"`` chooses K by measurement: a short timing probe (about a
-        second at most) of one optimization step (forward pass and input
-        gradient of ``K x train_batch_size`` stamped images) for K = 1, 2, 4,
-        ... up to one job's share of the triggers keeps the K whose chunks
-        (and remainder chunk) take the least time for all triggers by the
-        probe's times per trigger-step; the probe is cached per architecture,
-        image shape, device, torch thread count and ``train_batch_size``, so
-        the probe runs once per process for a model shape. ``None`` splits
-        them evenly over ``n_jobs`` with at most about ``2**18`` input values
-        per forward pass: every label of small images at once, a few labels
-        of larger ones. That fixed rule was the default; on one CPU thread
-        it batched all 10 labels of a 28x28 CNN, slower than one label at a
-        time, where the probe's K of 2-4 was faster
-        (``benchmarks/results/nc_speed.txt``). An int is used as given;
-        ``1`` is the one-label-at-a-time reference. The K used is
-        ``label_chunk_size_``.
+        ``None`` splits them evenly over ``n_jobs`` with at most about
+        ``2**18`` input values per forward pass: every label of small images
+        at once, a few labels of larger ones, whose feature maps would
+        otherwise outgrow a CPU's caches. ``"auto"`` chooses K by
+        measurement: a short timing probe (about a second at most) of one
+        optimization mini-batch (stamping, forward pass, input gradient and
+        Adam updates of ``K x train_batch_size`` stamped images) for K = 1,
+        2, 4, ... up to one job's share of the triggers keeps the K whose
+        chunks (and remainder chunk) take the least time for all triggers by
+        the probe's times per trigger-step, preferring fewer chunks unless
+        more cost over 15% less (each chunk has a per-step loop the probe
+        does not time); the probe is cached per architecture, image shape,
+        device, torch thread count and ``train_batch_size``, so it runs once
+        per process for a model shape. It is not the default: on one CPU
+        thread it was as fast as ``None`` on the 28x28 and 32x32 models of
+        ``benchmarks/results/nc_speed.txt``, and on the digits model its
+        probe sometimes ranks K=8 ahead of ``None``'s K=10, which runs about
+        20% faster. An int is used as given; ``1`` is the
+        one-label-at-a-time reference. The K used is ``label_chunk_size_``.
     settle_patience : int or None, default=None
         Stop a trigger once its smallest mask reaching the threshold (the
         best one, which is what is kept) has not shrunk by more than 1% for
@@ -374,7 +377,7 @@ class NeuralCleanse(BaseEstimator):
     def __init__(self, init_cost=1e-3, lr=0.1, steps=100, attack_success_threshold=0.99, patience=5,
                  cost_multiplier=1.5, early_stop_patience=None, labels=None, pairs=None, mode="full",
                  fast_steps=10, fast_top_k=None, fast_n_random=None, decision_rule="log-mad",
-                 anomaly_threshold=None, n_restarts=1, label_chunk_size="auto", settle_patience=None,
+                 anomaly_threshold=None, n_restarts=1, label_chunk_size=None, settle_patience=None,
                  train_batch_size=32, samples_per_step=None, device=None, n_jobs=None, random_state=None,
                  verbose=0):
         self.init_cost = init_cost
